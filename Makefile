@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSTEMDDIR ?= /etc/systemd/system
+DRACUTDIR ?= /usr/lib/dracut/modules.d
+DESTDIR ?=
+CARGO ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+STATIC_DIR := target/$(TARGET)/release
+NODE_BINS := kmod-day1-load kmod-day1-pull
+
+.PHONY: all build static test lint unit-tests test-vm bench golden install install-bin install-systemd install-dracut example clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+# Static node binaries. --target keeps +crt-static away from build scripts and proc macros.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) -p kmod-day1-load -p kmod-day1-pull
+	@for b in $(NODE_BINS); do f=$(STATIC_DIR)/$$b; [ -f $$f ] && printf '%s: %s bytes, %s gzip\n' $$b $$(stat -c %s $$f) $$(gzip -9c $$f | wc -c); done; true
+
+# The one test command (README, .ci/run): installs what it needs, then runs everything.
+test:
+	hack/install-deps unit
+	$(MAKE) lint unit-tests
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-tests: static
+	$(CARGO) test --workspace
+
+test-vm:
+	hack/install-deps vm
+	$(CARGO) run --release -p kmod-day1-testvm -- all
+
+bench:
+	hack/install-deps vm
+	$(CARGO) run --release -p kmod-day1-testvm -- bench
+
+# Rewrites mcgen's golden files from the current output.
+golden:
+	MCGEN_BLESS=1 $(CARGO) test -p mcgen --test golden
+
+example:
+	$(CARGO) run -q -p mcgen -- --spec examples/e1000.yaml
+
+install: install-bin install-systemd install-dracut
+
+install-bin: static
+	install -D -m 0755 -t $(DESTDIR)$(BINDIR) $(addprefix $(STATIC_DIR)/,$(NODE_BINS))
+
+install-systemd:
+	install -d $(DESTDIR)$(SYSTEMDDIR)
+	for u in units/*.service; do sed 's#/usr/local/bin/#$(BINDIR)/#' $$u > $(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u); chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u); done
+
+install-dracut:
+	install -d $(DESTDIR)$(DRACUTDIR)/50kmod-day1
+	install -m 0755 -t $(DESTDIR)$(DRACUTDIR)/50kmod-day1 dracut/50kmod-day1/*
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `/run/kmod-day1/status.json`: what kmod-day1-load did this boot. Written by the loader,
+//! read by kmod-day1-pull (to decide on a reboot) and by people.
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the boot status.
+pub const STATUS_FILE: &str = "/run/kmod-day1/status.json";
+
+/// Version of the status format.
+pub const STATUS_VERSION: u32 = 1;
+
+/// The loader's report for one boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootStatus {
+    /// [`STATUS_VERSION`].
+    pub version: u32,
+    /// `uname -r` of this boot.
+    pub kernel_release: String,
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: String,
+    /// One entry per (config, module set).
+    pub sets: Vec<SetStatus>,
+    /// Errors that concern no single set (an unreadable config file, say).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Wall time of the whole run, microseconds.
+    pub total_us: u64,
+}
+
+/// What happened to one module set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetStatus {
+    /// Config name (file stem).
+    pub config: String,
+    /// Module set name.
+    pub set: String,
+    /// Outcome.
+    pub state: SetState,
+    /// Image of the stored tree, when one was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Manifest digest of the stored tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// Modules loaded (or found already loaded), in load order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleStatus>,
+    /// In-tree modules unloaded (and, after a rollback, loaded back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_in_tree: Vec<String>,
+    /// Whether a failure was rolled back.
+    #[serde(default)]
+    pub rolled_back: bool,
+    /// Time spent in `finit_module`/`delete_module`, microseconds.
+    pub kernel_us: u64,
+    /// The loader's own time for this set (all but the kernel's), microseconds.
+    pub overhead_us: u64,
+    /// Why it failed or was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Outcome of a module set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SetState {
+    /// The out-of-tree modules are loaded.
+    Loaded,
+    /// No tree is stored for the running kernel yet; kmod-day1-pull will fetch it.
+    NotStored,
+    /// No image is configured for the running kernel.
+    NoImage,
+    /// Skipped by `kmod_day1.skip=` on the kernel command line.
+    Skipped,
+    /// Loading failed; the in-tree modules were restored.
+    Failed,
+}
+
+/// One loaded module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModuleStatus {
+    /// Module name.
+    pub name: String,
+    /// `version` from the module's modinfo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `srcversion` from the module's modinfo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srcversion: Option<String>,
+    /// Whether it was loaded already (same srcversion): nothing was done.
+    #[serde(default)]
+    pub already_loaded: bool,
+    /// Time in `finit_module`, microseconds.
+    pub load_us: u64,
+}
