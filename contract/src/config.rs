@@ -128,7 +128,9 @@ impl KernelMapping {
 
 /// Compiles a kernel-mapping regexp, with an error that names it.
 pub fn compile_regexp(r: &str) -> Result<Regex, ConfigError> {
-    Regex::new(r).map_err(|e| ConfigError::Invalid(format!("kernel mapping regexp {r:?} does not compile: {e}")))
+    Regex::new(r).map_err(|e| {
+        ConfigError::Invalid(format!("kernel mapping regexp {r:?} does not compile: {e}"))
+    })
 }
 
 impl ModuleSet {
@@ -186,7 +188,8 @@ impl ModuleSet {
 impl NodeConfig {
     /// Parses and validates a config file's text.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let c: NodeConfig = serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let c: NodeConfig =
+            serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         c.validate()?;
         Ok(c)
     }
@@ -262,7 +265,10 @@ pub fn load_config_dir(dir: &Path) -> Result<(Vec<LoadedConfig>, Vec<ConfigError
 /// Reads and validates one config file.
 pub fn load_config_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
     let at = |e: String| ConfigError::File(path.display().to_string(), e);
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     let name = ConfigName::new(stem).map_err(|e| at(e.to_string()))?;
     let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
     let config = NodeConfig::from_json(&text).map_err(|e| at(e.to_string()))?;
@@ -311,7 +317,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_keys_and_versions() {
-        let e = NodeConfig::from_json(&SAMPLE.replace("\"version\": 1", "\"version\": 2")).unwrap_err();
+        let e =
+            NodeConfig::from_json(&SAMPLE.replace("\"version\": 1", "\"version\": 2")).unwrap_err();
         assert!(e.to_string().contains("version 2"), "{e}");
         let e = NodeConfig::from_json(&SAMPLE.replace("\"modules\"", "\"modulez\"")).unwrap_err();
         assert!(e.to_string().contains("modulez"), "{e}");

@@ -120,7 +120,10 @@ fn is_alnum_lower(b: u8) -> bool {
 fn check_tag(t: &str) -> Result<(), String> {
     let b = t.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    if b.is_empty() || b.len() > 128 || !word(b[0]) || !b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
+    if b.is_empty()
+        || b.len() > 128
+        || !word(b[0])
+        || !b.iter().all(|&x| word(x) || x == b'.' || x == b'-')
     {
         return Err(format!(
             "has an invalid tag {t:?} (1 to 128 of letters, digits, '_', '.', '-'; not starting with '.' or '-')"
@@ -131,8 +134,16 @@ fn check_tag(t: &str) -> Result<(), String> {
 
 fn check_digest(d: &str) -> Result<(), String> {
     match d.split_once(':') {
-        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
-        Some(("sha512", hex)) if hex.len() == 128 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
+        Some(("sha256", hex))
+            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(())
+        }
+        Some(("sha512", hex))
+            if hex.len() == 128 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(())
+        }
         _ => Err(format!(
             "has an invalid digest {d:?} (expected sha256: and 64 lower-case hex digits)"
         )),
@@ -144,7 +155,9 @@ fn parse_ref(value: &str) -> Result<ImageRef, String> {
         return Err("is empty".into());
     }
     if value.contains("://") {
-        return Err("must not have a scheme such as docker://; give registry/repository[:tag]".into());
+        return Err(
+            "must not have a scheme such as docker://; give registry/repository[:tag]".into(),
+        );
     }
     let (rest, digest) = match value.split_once('@') {
         Some((r, d)) => {
@@ -292,9 +305,15 @@ mod tests {
     fn templates() {
         let k = KernelRelease::new("6.1.0-27-amd64").unwrap();
         let t = ImageTemplate::new("quay.io/org/x").unwrap();
-        assert_eq!(t.resolve(&k).unwrap().to_string(), "quay.io/org/x:6.1.0-27-amd64");
+        assert_eq!(
+            t.resolve(&k).unwrap().to_string(),
+            "quay.io/org/x:6.1.0-27-amd64"
+        );
         let t = ImageTemplate::new("quay.io/org/x:${KERNEL_FULL_VERSION}-v2").unwrap();
-        assert_eq!(t.resolve(&k).unwrap().to_string(), "quay.io/org/x:6.1.0-27-amd64-v2");
+        assert_eq!(
+            t.resolve(&k).unwrap().to_string(),
+            "quay.io/org/x:6.1.0-27-amd64-v2"
+        );
         let t = ImageTemplate::new(&format!("quay.io/org/x@{D}")).unwrap();
         assert_eq!(t.resolve(&k).unwrap().tag, None);
         assert!(ImageTemplate::new("quay.io/org/x:${KERNEL_VERSION}").is_err());

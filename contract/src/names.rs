@@ -249,8 +249,18 @@ mod tests {
     fn module_names() {
         assert!(ModuleName::new("ice").is_ok());
         assert!(ModuleName::new("kmm-ci_a").is_ok());
-        assert_eq!(ModuleName::new("kmm-ci_a").unwrap().kernel_name(), "kmm_ci_a");
-        for bad in ["", "ice\nExecStart=/bin/sh", "ice.ko", "a/b", "x y", &"a".repeat(56)] {
+        assert_eq!(
+            ModuleName::new("kmm-ci_a").unwrap().kernel_name(),
+            "kmm_ci_a"
+        );
+        for bad in [
+            "",
+            "ice\nExecStart=/bin/sh",
+            "ice.ko",
+            "a/b",
+            "x y",
+            &"a".repeat(56),
+        ] {
             assert!(ModuleName::new(bad).is_err(), "{bad:?}");
         }
     }

@@ -272,7 +272,10 @@ mod tests {
             &SetName::new("e1000").unwrap(),
             &KernelRelease::new("6.1.0-27-amd64").unwrap(),
         );
-        assert_eq!(p, Path::new("/var/lib/kmod-day1/refs/99-kmod/e1000/6.1.0-27-amd64.json"));
+        assert_eq!(
+            p,
+            Path::new("/var/lib/kmod-day1/refs/99-kmod/e1000/6.1.0-27-amd64.json")
+        );
         assert!(is_valid_tree_id("0af3"));
         assert!(!is_valid_tree_id("../x"));
         assert!(!is_valid_tree_id(""));
@@ -291,7 +294,10 @@ mod tests {
         };
         write_json_atomic(&p, &r).unwrap();
         assert_eq!(read_json::<RefRecord>(&p).unwrap(), Some(r));
-        assert_eq!(read_json::<RefRecord>(&d.path().join("none")).unwrap(), None);
+        assert_eq!(
+            read_json::<RefRecord>(&d.path().join("none")).unwrap(),
+            None
+        );
         // No temp file left behind.
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }

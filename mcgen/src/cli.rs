@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The `mcgen` command line: KMM's `day1-utility` flags or a spec file in, a
+//! MachineConfig, an Ignition config or a Containerfile out.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgGroup, Parser, ValueEnum};
+
+use crate::{
+    containerfile, parse_spec, Delivery, Error, Generator, IgnitionVersion, KmmArgs,
+    DEFAULT_MAX_BYTES,
+};
+
+/// What mcgen writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A MachineConfig (YAML) for `oc apply -f`.
+    Machineconfig,
+    /// A raw Ignition config (JSON) for installer time.
+    Ignition,
+    /// A Containerfile that layers the node binaries into the OS image.
+    Containerfile,
+}
+
+/// How the node binaries reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryArg {
+    /// Inside the generated config, gzip-compressed (from --node-binaries).
+    Embedded,
+    /// In the OS image (see --output containerfile); the config carries units and config.
+    Layered,
+}
+
+const ABOUT: &str = "Generate the MachineConfig that swaps an in-tree kernel module for an \
+out-of-tree one before the network comes up (kmod-day1)";
+
+const LONG_ABOUT: &str = "\
+Generate the MachineConfig that swaps an in-tree kernel module for an out-of-tree one \
+before the network comes up (kmod-day1).
+
+The input is either a spec file (-f: kmod-day1's own KmodDay1Config, or KMM's \
+BootModuleConfig as it is) or KMM's day1-utility flags (--machine-config, \
+--machine-config-pool, --image, --kernel-module, ...), with the same names and meaning.
+
+The output (stdout, or --output-file written atomically) installs on every node of the pool: \
+/etc/kmod-day1/config.d/<machine-config>.json, kmod-day1-load.service (before \
+network-pre.target) and kmod-day1-pull.service (after network-online.target) and, with \
+--delivery embedded, the node binaries. The MachineConfig's size is printed on stderr.
+
+Delivery defaults to embedded for --output ignition (installer time: no size limit that \
+matters) and to layered otherwise: the pull binary is too large to ride inside a \
+MachineConfig, so it goes into the OS image with the Containerfile of --output containerfile.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  mcgen -f examples/e1000.yaml
+  mcgen --machine-config 99-worker-ice --machine-config-pool worker \\
+        --image quay.io/acme/ice-kmod --kernel-module ice --in-tree-modules-to-remove ice
+  mcgen -f spec.yaml --output ignition --node-binaries target/x86_64-unknown-linux-gnu/release
+  mcgen -f spec.yaml --output containerfile --base-image quay.io/openshift/rhcos:4.16
+
+Exit status: 0 on success, 2 for invalid input (one line says which value and how to fix it), \
+1 when a file cannot be read or written. Nothing is written on failure.";
+
+/// mcgen's command line.
+#[derive(Debug, Parser)]
+#[command(name = "mcgen", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+#[command(group(ArgGroup::new("kmm").multiple(true).args(["machine_config", "machine_config_pool", "image", "kernel_module", "in_tree_modules_to_remove", "firmware_files_path"]).conflicts_with("spec")))]
+pub struct Cli {
+    /// Spec file: a KmodDay1Config or a KMM BootModuleConfig (YAML); `-` reads stdin
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+
+    /// Name of the MachineConfig to create (KMM flag)
+    #[arg(long, value_name = "NAME", help_heading = "KMM day1-utility flags")]
+    pub machine_config: Option<String>,
+
+    /// MachineConfigPool the MachineConfig is for (KMM flag)
+    #[arg(long, value_name = "POOL", help_heading = "KMM day1-utility flags")]
+    pub machine_config_pool: Option<String>,
+
+    /// Kmod image; without a tag the node uses its kernel release as the tag (KMM flag)
+    #[arg(long, value_name = "IMAGE", help_heading = "KMM day1-utility flags")]
+    pub image: Option<String>,
+
+    /// Out-of-tree kernel module to load (KMM flag)
+    #[arg(long, value_name = "MODULE", help_heading = "KMM day1-utility flags")]
+    pub kernel_module: Option<String>,
+
+    /// In-tree modules to unload first, comma-separated (KMM flag)
+    #[arg(
+        long,
+        value_name = "A,B",
+        value_delimiter = ',',
+        alias = "in-tree-module-to-remove",
+        help_heading = "KMM day1-utility flags"
+    )]
+    pub in_tree_modules_to_remove: Vec<String>,
+
+    /// Directory of firmware files inside the image, copied to /var/lib/firmware (KMM flag)
+    #[arg(long, value_name = "PATH", help_heading = "KMM day1-utility flags")]
+    pub firmware_files_path: Option<String>,
+
+    /// Accepted for KMM compatibility and ignored: no worker image runs on the node
+    #[arg(long, value_name = "IMAGE", help_heading = "KMM day1-utility flags")]
+    pub worker_image: Option<String>,
+
+    /// What to write
+    #[arg(short = 'o', long, value_enum, default_value = "machineconfig")]
+    pub output: OutputFormat,
+
+    /// Ignition spec version of the generated config
+    #[arg(long, value_enum, default_value = "3.2.0")]
+    pub ignition_version: IgnitionVersion,
+
+    /// How the node binaries reach the node [default: embedded for ignition, else layered]
+    #[arg(long, value_enum)]
+    pub delivery: Option<DeliveryArg>,
+
+    /// Directory holding kmod-day1-load and kmod-day1-pull for --delivery embedded
+    /// [default: the directory of the mcgen executable]
+    #[arg(long, value_name = "DIR")]
+    pub node_binaries: Option<PathBuf>,
+
+    /// Largest MachineConfig to emit, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_bytes: usize,
+
+    /// OS image the Containerfile layers onto (else it takes --build-arg BASE_IMAGE)
+    #[arg(long, value_name = "IMAGE")]
+    pub base_image: Option<String>,
+
+    /// Write the output to this file (atomically) instead of stdout
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<PathBuf>,
+}
+
+fn read_spec(path: &Path) -> Result<String, Error> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Error::io("reading the spec from stdin", e))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Invalid(format!("spec file {} does not exist", path.display()))
+        } else {
+            Error::io(format!("reading spec {}", path.display()), e)
+        }
+    })
+}
+
+impl Cli {
+    fn generator(&self) -> Result<(Generator, Vec<String>), Error> {
+        let (config, warnings) = match &self.spec {
+            Some(path) => parse_spec(&read_spec(path)?, &path.display().to_string())?,
+            None => {
+                let missing: Vec<&str> = [
+                    ("--machine-config", &self.machine_config),
+                    ("--machine-config-pool", &self.machine_config_pool),
+                    ("--image", &self.image),
+                    ("--kernel-module", &self.kernel_module),
+                ]
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(f, _)| *f)
+                .collect();
+                if !missing.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "missing {}: give a spec with -f FILE or all of --machine-config, --machine-config-pool, --image and --kernel-module",
+                        missing.join(", ")
+                    )));
+                }
+                KmmArgs {
+                    machine_config: self.machine_config.clone().unwrap_or_default(),
+                    machine_config_pool: self.machine_config_pool.clone().unwrap_or_default(),
+                    image: self.image.clone().unwrap_or_default(),
+                    kernel_module: self.kernel_module.clone().unwrap_or_default(),
+                    in_tree_modules_to_remove: self.in_tree_modules_to_remove.clone(),
+                    firmware_files_path: self.firmware_files_path.clone(),
+                    worker_image: self.worker_image.clone(),
+                }
+                .into_config()?
+            }
+        };
+        let delivery = match self.delivery.unwrap_or(match self.output {
+            OutputFormat::Ignition => DeliveryArg::Embedded,
+            _ => DeliveryArg::Layered,
+        }) {
+            DeliveryArg::Layered => Delivery::Layered,
+            DeliveryArg::Embedded => Delivery::Embedded {
+                node_binaries: match &self.node_binaries {
+                    Some(d) => d.clone(),
+                    None => default_node_binaries()?,
+                },
+            },
+        };
+        if self.output == OutputFormat::Containerfile && delivery != Delivery::Layered {
+            return Err(Error::Invalid(
+                "--output containerfile goes with --delivery layered: the Containerfile is how the binaries reach the node".into(),
+            ));
+        }
+        let generator = Generator::new(config)
+            .delivery(delivery)
+            .ignition_version(self.ignition_version)
+            .max_bytes(self.max_bytes);
+        Ok((generator, warnings))
+    }
+
+    /// Renders the requested output; `notes` receives lines for stderr.
+    pub fn render(&self, notes: &mut Vec<String>) -> Result<String, Error> {
+        if let Some(b) = &self.base_image {
+            kmod_day1_contract::ImageRef::parse(b)
+                .map_err(|e| Error::Invalid(format!("--base-image: {e}")))?;
+        }
+        let (generator, warnings) = self.generator()?;
+        notes.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+        match self.output {
+            OutputFormat::Machineconfig => {
+                let yaml = generator.machine_config_yaml()?;
+                notes.push(format!(
+                    "MachineConfig {} for pool {}: {} bytes (limit {})",
+                    generator.config().name,
+                    generator.config().pool.as_str(),
+                    yaml.len(),
+                    self.max_bytes
+                ));
+                Ok(yaml)
+            }
+            OutputFormat::Ignition => {
+                let json = generator.ignition_json()?;
+                notes.push(format!(
+                    "Ignition {} config {}: {} bytes",
+                    self.ignition_version.as_str(),
+                    generator.config().name,
+                    json.len()
+                ));
+                Ok(json)
+            }
+            OutputFormat::Containerfile => Ok(containerfile(self.base_image.as_deref())),
+        }
+    }
+}
+
+fn default_node_binaries() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the mcgen executable", e))?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Runs mcgen with `args`; returns the exit code. Errors are one line on stderr.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let mut notes = vec![];
+    let result = cli
+        .render(&mut notes)
+        .and_then(|out| match &cli.output_file {
+            Some(path) => kmod_day1_contract::write_atomic(path, out.as_bytes())
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e)),
+            None => std::io::stdout()
+                .write_all(out.as_bytes())
+                .map_err(|e| Error::io("writing to stdout", e)),
+        });
+    for n in notes {
+        eprintln!("mcgen: {n}");
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mcgen: error: {e}");
+            e.exit_code()
+        }
+    }
+}

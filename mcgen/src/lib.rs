@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+//! mcgen: generates what installs kmod-day1 on OpenShift / RHCOS nodes — a MachineConfig,
+//! a raw Ignition config (installer time) or a Containerfile (RHCOS image mode) — from a
+//! spec, from KMM's `BootModuleConfig` or from KMM's `day1-utility` flags.
+//!
+//! ```
+//! use mcgen::{Day1Config, Generator, ModuleSetBuilder};
+//!
+//! let set = ModuleSetBuilder::new("ice")
+//!     .image("quay.io/acme/ice-kmod")            // tagged with the node's kernel release
+//!     .kernel_regexp(r"^5\.14\..*el9.*$", "quay.io/acme/ice-kmod:${KERNEL_FULL_VERSION}-v2")
+//!     .module("ice", &["debug=1"])
+//!     .remove_in_tree("ice")
+//!     .firmware_path("/firmware")
+//!     .build()
+//!     .unwrap();
+//! let config = Day1Config::new("99-worker-ice", "worker", vec![set]).unwrap();
+//! let yaml = Generator::new(config).machine_config_yaml().unwrap();
+//! assert!(yaml.contains("machineconfiguration.openshift.io/role: worker"));
+//! ```
+
+mod cli;
+mod containerfile;
+mod error;
+mod ignition;
+mod kmm;
+mod machineconfig;
+mod node_binaries;
+mod spec;
+mod units;
+
+use std::path::PathBuf;
+
+pub use cli::{run, Cli, OutputFormat};
+pub use containerfile::containerfile;
+pub use error::Error;
+pub use ignition::{config_path, IgnitionVersion};
+pub use kmm::{produce_machine_config, KmmArgs};
+pub use machineconfig::MachineConfig;
+pub use node_binaries::{embed_node_binaries, EmbeddedBinary};
+pub use spec::{parse_spec, Day1Config, ModuleSetBuilder, PoolName, API_VERSION, KIND};
+pub use units::{LOAD_UNIT, PULL_UNIT};
+
+/// Default limit on a MachineConfig's size: etcd stores objects up to 1.5 MiB and MCO
+/// merges every MachineConfig of a pool into one rendered config.
+pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+
+/// How the node binaries reach the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Inside the Ignition config, gzip-compressed, from this directory.
+    Embedded {
+        /// Directory holding `kmod-day1-load` and `kmod-day1-pull`.
+        node_binaries: PathBuf,
+    },
+    /// In the OS image (see [`containerfile`]); the config carries units and config only.
+    Layered,
+}
+
+/// Generates the outputs for one [`Day1Config`].
+#[derive(Debug, Clone)]
+pub struct Generator {
+    config: Day1Config,
+    delivery: Delivery,
+    ignition_version: IgnitionVersion,
+    max_bytes: usize,
+}
+
+impl Generator {
+    /// A generator with the defaults: layered delivery, Ignition 3.2.0, 1 MiB limit.
+    pub fn new(config: Day1Config) -> Self {
+        Self {
+            config,
+            delivery: Delivery::Layered,
+            ignition_version: IgnitionVersion::default(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// Sets how the node binaries are delivered.
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Sets the Ignition spec version.
+    pub fn ignition_version(mut self, version: IgnitionVersion) -> Self {
+        self.ignition_version = version;
+        self
+    }
+
+    /// Sets the MachineConfig size limit in bytes.
+    pub fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    /// The config this generator renders.
+    pub fn config(&self) -> &Day1Config {
+        &self.config
+    }
+
+    fn binaries(&self) -> Result<Vec<EmbeddedBinary>, Error> {
+        match &self.delivery {
+            Delivery::Embedded { node_binaries } => embed_node_binaries(node_binaries),
+            Delivery::Layered => Ok(vec![]),
+        }
+    }
+
+    /// The Ignition config (JSON value).
+    pub fn ignition(&self) -> Result<serde_json::Value, Error> {
+        ignition::ignition_config(
+            &self.config,
+            &self.delivery,
+            &self.binaries()?,
+            self.ignition_version,
+        )
+    }
+
+    /// The Ignition config as pretty JSON text, newline-terminated.
+    pub fn ignition_json(&self) -> Result<String, Error> {
+        let mut s = serde_json::to_string_pretty(&self.ignition()?).expect("JSON serializes");
+        s.push('\n');
+        Ok(s)
+    }
+
+    /// The MachineConfig as YAML; refused when larger than the size limit.
+    pub fn machine_config_yaml(&self) -> Result<String, Error> {
+        let mc = MachineConfig::new(
+            self.config.name.as_str(),
+            self.config.pool.as_str(),
+            self.ignition()?,
+        );
+        let yaml = mc.to_yaml();
+        if yaml.len() > self.max_bytes {
+            return Err(Error::TooLarge(format!(
+                "MachineConfig {} would be {} bytes, above the {}-byte limit (--max-bytes): MCO stores it in etcd and merges it into the pool's rendered config; use --delivery layered to put the node binaries in the OS image instead",
+                self.config.name,
+                yaml.len(),
+                self.max_bytes
+            )));
+        }
+        Ok(yaml)
+    }
+}

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Golden outputs: representative specs and KMM flag sets -> the exact MachineConfig,
+//! Ignition and Containerfile text committed under tests/golden/. Every Ignition config
+//! (also the one inside each MachineConfig) passes the real ignition-validate.
+//!
+//! Refresh after an intended change: `make golden` (MCGEN_BLESS=1).
+
+mod support;
+
+use support::{mcgen, root, validate_ignition};
+
+const BIN: &str = "mcgen/tests/fixtures/node-binaries";
+
+fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "e1000.machineconfig.yaml",
+            vec!["-f", "examples/e1000.yaml"],
+        ),
+        (
+            "multi.machineconfig.yaml",
+            vec!["-f", "examples/multi.yaml"],
+        ),
+        (
+            "multi.ignition-3.3.json",
+            vec![
+                "-f",
+                "examples/multi.yaml",
+                "-o",
+                "ignition",
+                "--delivery",
+                "layered",
+                "--ignition-version",
+                "3.3.0",
+            ],
+        ),
+        (
+            "multi.ignition-3.4.json",
+            vec![
+                "-f",
+                "examples/multi.yaml",
+                "-o",
+                "ignition",
+                "--delivery",
+                "layered",
+                "--ignition-version",
+                "3.4.0",
+            ],
+        ),
+        (
+            "e1000.embedded.ignition.json",
+            vec![
+                "-f",
+                "examples/e1000.yaml",
+                "-o",
+                "ignition",
+                "--node-binaries",
+                BIN,
+            ],
+        ),
+        (
+            "e1000.embedded.machineconfig.yaml",
+            vec![
+                "-f",
+                "examples/e1000.yaml",
+                "--delivery",
+                "embedded",
+                "--node-binaries",
+                BIN,
+            ],
+        ),
+        (
+            "kmm-flags.machineconfig.yaml",
+            vec![
+                "--machine-config",
+                "99-worker-ice",
+                "--machine-config-pool",
+                "worker",
+                "--image",
+                "quay.io/acme/ice-kmod",
+                "--kernel-module",
+                "ice",
+                "--in-tree-modules-to-remove",
+                "ice,irdma",
+                "--firmware-files-path",
+                "/firmware",
+            ],
+        ),
+        (
+            "kmm-bmc.machineconfig.yaml",
+            vec!["-f", "mcgen/tests/cases/bmc.yaml"],
+        ),
+        (
+            "layered.Containerfile",
+            vec![
+                "-f",
+                "examples/e1000.yaml",
+                "-o",
+                "containerfile",
+                "--base-image",
+                "quay.io/openshift-release-dev/rhcos:4.16",
+            ],
+        ),
+        (
+            "layered-no-base.Containerfile",
+            vec!["-f", "examples/e1000.yaml", "-o", "containerfile"],
+        ),
+    ]
+}
+
+/// The Ignition config inside a MachineConfig, as JSON text.
+fn machine_config_ignition(yaml: &str) -> String {
+    let mc: serde_json::Value = serde_norway::from_str(yaml).expect("MachineConfig YAML parses");
+    assert_eq!(mc["kind"], "MachineConfig");
+    assert_eq!(mc["apiVersion"], "machineconfiguration.openshift.io/v1");
+    serde_json::to_string(&mc["spec"]["config"]).unwrap()
+}
+
+#[test]
+fn golden_outputs() {
+    let bless = std::env::var_os("MCGEN_BLESS").is_some();
+    let mut drift = vec![];
+    for (name, args) in cases() {
+        let out = mcgen(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{name}: mcgen {args:?} failed: {stderr}"
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        if name.ends_with(".json") {
+            validate_ignition(&text);
+        } else if name.ends_with(".yaml") {
+            validate_ignition(&machine_config_ignition(&text));
+            assert!(
+                stderr.contains("bytes (limit 1048576)"),
+                "{name}: size not reported: {stderr}"
+            );
+        }
+        let path = root().join("mcgen/tests/golden").join(name);
+        if bless {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} is missing: run `make golden`", path.display()));
+        if expected != text {
+            drift.push(name);
+        }
+    }
+    assert!(
+        drift.is_empty(),
+        "output drifted from the golden files {drift:?}: check the change, then run `make golden`"
+    );
+}
+
+#[test]
+fn kmm_flags_warn_about_worker_image() {
+    let out = mcgen(&[
+        "--machine-config",
+        "99-worker-ice",
+        "--machine-config-pool",
+        "worker",
+        "--image",
+        "quay.io/acme/ice-kmod",
+        "--kernel-module",
+        "ice",
+        "--worker-image",
+        "quay.io/kmm/worker:latest",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --worker-image is ignored"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn embedded_binaries_round_trip() {
+    use base64::Engine;
+    use std::io::Read;
+    let out = mcgen(&[
+        "-f",
+        "examples/e1000.yaml",
+        "-o",
+        "ignition",
+        "--node-binaries",
+        BIN,
+    ]);
+    assert!(out.status.success());
+    let ign: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = ign["storage"]["files"].as_array().unwrap();
+    let load = files
+        .iter()
+        .find(|f| f["path"] == "/usr/local/bin/kmod-day1-load")
+        .unwrap();
+    assert_eq!(load["mode"], 0o755);
+    assert_eq!(load["contents"]["compression"], "gzip");
+    let b64 = load["contents"]["source"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("data:;base64,")
+        .unwrap();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let mut raw = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut raw)
+        .unwrap();
+    assert_eq!(
+        raw,
+        std::fs::read_to_string(root().join(BIN).join("kmod-day1-load")).unwrap()
+    );
+    // The config file decodes to a config the node binaries accept.
+    let conf = files
+        .iter()
+        .find(|f| f["path"] == "/etc/kmod-day1/config.d/99-worker-kmod-e1000.json")
+        .unwrap();
+    let b64 = conf["contents"]["source"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("data:;base64,")
+        .unwrap();
+    let text = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let node = kmod_day1_contract::NodeConfig::from_json(&text).unwrap();
+    assert_eq!(node.module_sets[0].modules[0].name.as_str(), "e1000");
+}
+
+#[test]
+fn output_file_is_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mc.yaml");
+    let out = mcgen(&[
+        "-f",
+        "examples/e1000.yaml",
+        "--output-file",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let text = std::fs::read_to_string(&path).unwrap();
+    validate_ignition(&machine_config_ignition(&text));
+}
+
+#[test]
+fn units_verify_with_systemd_analyze() {
+    // The units as the repository has them, with ExecStart pointed at stand-in binaries
+    // (systemd-analyze checks that they exist and are executable).
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let mut paths = vec![];
+    for (name, text) in [
+        ("kmod-day1-load.service", mcgen::LOAD_UNIT),
+        ("kmod-day1-pull.service", mcgen::PULL_UNIT),
+    ] {
+        let exe = bin.join(name.trim_end_matches(".service"));
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let unit = dir.path().join(name);
+        std::fs::write(
+            &unit,
+            text.replace("/usr/local/bin/", &format!("{}/", bin.display())),
+        )
+        .unwrap();
+        paths.push(unit);
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .expect("running systemd-analyze (package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+#[test]
+fn help_is_documented() {
+    let out = mcgen(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let doc_path = root().join("docs/mcgen.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let (start, end) = ("<!-- mcgen --help -->\n```text\n", "```\n<!-- end -->");
+    let a = doc.find(start).expect("help marker in docs/mcgen.md") + start.len();
+    let b = a + doc[a..].find(end).expect("end marker in docs/mcgen.md");
+    if std::env::var_os("MCGEN_BLESS").is_some() {
+        std::fs::write(&doc_path, format!("{}{help}{}", &doc[..a], &doc[b..])).unwrap();
+        return;
+    }
+    assert_eq!(
+        &doc[a..b],
+        help,
+        "mcgen --help changed: update docs/mcgen.md (make golden)"
+    );
+}

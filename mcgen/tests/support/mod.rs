@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Helpers shared by mcgen's integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root: example paths in the cases are relative to it.
+#[allow(dead_code)]
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs the mcgen binary from the workspace root.
+pub fn mcgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mcgen"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("running mcgen")
+}
+
+/// Checks an Ignition config with the real `ignition-validate` (Debian's ignition 2.14,
+/// which knows spec 3.0 to 3.3) and with the ignition-config crate (no warnings).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn validate_ignition(json: &str) {
+    let (_, warnings) = ignition_config::Config::parse_str(json).expect("Ignition parses back");
+    assert!(
+        warnings.is_empty(),
+        "ignition-config warnings: {warnings:?}"
+    );
+    let version: serde_json::Value = serde_json::from_str(json).unwrap();
+    let version = version["ignition"]["version"].as_str().unwrap().to_owned();
+    if version == "3.4.0" {
+        // ignition-validate 2.14 predates 3.4.0 being stable: the crate check above is it.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.ign");
+    std::fs::write(&file, json).unwrap();
+    let out = Command::new("ignition-validate")
+        .arg(&file)
+        .output()
+        .expect("running ignition-validate: install the ignition package (hack/install-deps)");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "ignition-validate rejected a generated {version} config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
