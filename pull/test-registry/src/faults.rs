@@ -1,15 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Fault injection: what goes wrong ([`Fault`]) and when ([`FaultRule`]).
 //!
-//! A rule matches requests by path substring (and optionally method); among the matching
-//! requests it lets the first [`FaultRule::after`] through, then fires on the next
-//! [`FaultRule::times`] (all of them by default). Every rule that fires on a request applies:
-//! a [`Fault::Status`] or [`Fault::Drop`] replaces the response, the other faults alter the
-//! response the registry would have sent, so `Slow` and `CutAfter` combine.
+//! A rule matches requests by path substring (and optionally method); among the requests it
+//! counts, it lets the first [`FaultRule::after`] through, then fires on the next
+//! [`FaultRule::times`] (all of them by default). Every rule that fires on a request applies,
+//! in the order the rules were added, so `Slow` and `CutAfter` combine.
 //!
-//! Faults are evaluated before authentication, as a failing proxy or load balancer in front of
-//! a registry would answer, and count every matching request, including a client's first
-//! unauthenticated one.
+//! Which requests a rule counts depends on its fault:
+//!
+//! - [`Fault::Status`], [`Fault::Drop`] and [`Fault::Delay`] act before anything else, as a
+//!   failing proxy in front of a registry would: they count every matching request, including
+//!   a client's first, unauthenticated one, and `/token`.
+//! - The faults that alter a response ([`Fault::CutAfter`], [`Fault::CorruptBody`],
+//!   [`Fault::LyingManifest`], [`Fault::ReplaceBody`], [`Fault::Slow`],
+//!   [`Fault::WrongDigestHeader`]) count only the matching requests the registry answers with
+//!   a 2xx, and only `GET`s (`WrongDigestHeader`: `HEAD`s too). So
+//!   `Fault::CutAfter { bytes: 1000 }.on("/blobs/").times(1)` cuts the first blob download
+//!   that would have succeeded, not a 401 challenge or a 404 before it.
 
 use std::time::Duration;
 
@@ -36,7 +43,8 @@ pub enum Fault {
     CorruptBody,
     /// Serve a different, still valid JSON document (the real one with an extra annotation)
     /// in place of a manifest, with Content-Length adjusted and Docker-Content-Digest still
-    /// claiming the digest of the real one: a manifest that lies about its content.
+    /// claiming the digest of the real one: a manifest that lies about its content. (A body
+    /// that is not a JSON object gets a newline appended.)
     LyingManifest,
     /// Serve the real body but a Docker-Content-Digest header naming another digest.
     WrongDigestHeader,
@@ -77,6 +85,16 @@ impl Fault {
             path_contains: Some(path_contains.into()),
             ..FaultRule::from(self)
         }
+    }
+
+    /// Whether the fault replaces or delays the answer (else it alters a successful one).
+    pub(crate) fn acts_before_routing(&self) -> bool {
+        matches!(self, Self::Status { .. } | Self::Drop | Self::Delay(_))
+    }
+
+    /// Whether an altering fault has something to alter in the answer to a HEAD request.
+    pub(crate) fn acts_on_head(&self) -> bool {
+        matches!(self, Self::WrongDigestHeader)
     }
 
     /// Short name, as written in the request log.

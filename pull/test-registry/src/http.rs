@@ -24,6 +24,8 @@ pub(crate) struct Request {
     pub(crate) query: String,
     /// Header names lower-cased, values trimmed, in order.
     pub(crate) headers: Vec<(String, String)>,
+    /// The target came in absolute form, as sent to a proxy.
+    pub(crate) proxied: bool,
     http10: bool,
 }
 
@@ -143,6 +145,12 @@ fn parse_head(head: &str) -> Result<Request, ReadError> {
         "HTTP/1.0" => true,
         _ => return Err(ReadError::Malformed("unsupported HTTP version")),
     };
+    // Absolute form (`GET http://host/v2/ HTTP/1.1`) is what clients send to an HTTP proxy:
+    // served like origin form, and flagged so a test can tell its client used a proxy.
+    let (target, proxied) = match target.strip_prefix("http://") {
+        Some(rest) => (rest.find('/').map_or("/", |i| &rest[i..]), true),
+        None => (target, false),
+    };
     if !target.starts_with('/') {
         return Err(ReadError::Malformed(
             "request target is not an absolute path",
@@ -162,6 +170,7 @@ fn parse_head(head: &str) -> Result<Request, ReadError> {
         query: query.to_owned(),
         headers,
         http10,
+        proxied,
     })
 }
 
@@ -354,6 +363,17 @@ HEAD /v2/ HTTP/1.0\r\n\r\n";
         assert_eq!(third.method, "HEAD");
         assert!(!third.keep_alive(), "HTTP/1.0 closes by default");
         assert!(matches!(out[3], Ok(None)));
+    }
+
+    #[test]
+    fn absolute_form_is_served_and_flagged() {
+        let out = block_on(read_all(
+            b"GET http://127.0.0.1:5000/v2/x/manifests/t?a=b HTTP/1.1\r\n\r\n",
+        ));
+        let Ok(Some(req)) = &out[0] else { panic!() };
+        assert_eq!(req.path, "/v2/x/manifests/t");
+        assert_eq!(req.query, "a=b");
+        assert!(req.proxied);
     }
 
     #[test]

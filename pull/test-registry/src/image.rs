@@ -194,6 +194,11 @@ enum Entry {
         path: String,
         len: u64,
     },
+    Random {
+        path: String,
+        len: u64,
+        seed: u64,
+    },
     Raw(RawEntry),
 }
 
@@ -275,6 +280,18 @@ impl Layer {
         self
     }
 
+    /// A file of `len` pseudo-random bytes from `seed` (the same seed gives the same bytes),
+    /// streamed like [`Layer::zeros`]: a large layer that does not compress, for tests of
+    /// memory use and progress. The compressed layer is held in memory like any other.
+    pub fn random(mut self, path: impl Into<String>, len: u64, seed: u64) -> Self {
+        self.entries.push(Entry::Random {
+            path: path.into(),
+            len,
+            seed,
+        });
+        self
+    }
+
     /// A raw entry, written as described.
     pub fn raw(mut self, entry: RawEntry) -> Self {
         self.entries.push(Entry::Raw(entry));
@@ -345,6 +362,12 @@ fn write_tar<W: Write>(entries: &[Entry], out: W) -> io::Result<(W, String)> {
                 header.set_size(*len);
                 builder.append_data(&mut header, path, io::repeat(0).take(*len))?;
             }
+            Entry::Random { path, len, seed } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(*len);
+                builder.append_data(&mut header, path, PseudoRandom::new(*seed).take(*len))?;
+            }
             Entry::Raw(raw) => {
                 builder.append(&raw.header()?, raw.data.as_slice())?;
             }
@@ -381,6 +404,31 @@ fn zstd_tar(entries: &[Entry]) -> io::Result<(Vec<u8>, String)> {
             .map_err(|_| io::Error::other("tar writer thread panicked"))??;
         Ok((compressed, diff_id))
     })
+}
+
+/// xorshift64*: fast, deterministic, incompressible enough for compressors.
+struct PseudoRandom(u64);
+
+impl PseudoRandom {
+    fn new(seed: u64) -> Self {
+        // xorshift must not start at zero.
+        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Read for PseudoRandom {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        for chunk in out.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(out.len())
+    }
 }
 
 struct ChannelWriter {
@@ -755,6 +803,17 @@ mod tests {
                 .unwrap();
             assert!(layer.bytes.len() < (16 << 20) / 100, "{compression:?}");
         }
+    }
+
+    #[test]
+    fn random_files_are_deterministic_and_incompressible() {
+        let build = |seed| Layer::new().random("r", 300_001, seed).build().unwrap();
+        let (a, b, c) = (build(1), build(1), build(2));
+        assert_eq!(a.bytes, b.bytes);
+        assert_ne!(a.diff_id, c.diff_id);
+        assert!(a.bytes.len() > 300_000);
+        let e = entries(&untar(&a));
+        assert_eq!(e[0].3.len(), 300_001);
     }
 
     #[test]

@@ -39,7 +39,12 @@
 //!   method of [`Registry`] is synchronous. Dropping the [`Registry`] stops the server, closes
 //!   its connections and joins the thread.
 //! - HTTP/1.1 is hand-rolled (keep-alive, pipelining, fixed-length bodies) so that faults act
-//!   on the wire: see [`Fault`] for what can go wrong and [`FaultRule`] for when.
+//!   on the wire: see [`Fault`] for what can go wrong and [`FaultRule`] for when. Requests in
+//!   absolute form (a client using the registry as its `HTTP_PROXY`) are served too, and
+//!   flagged in the log ([`RequestRecord::proxied`]).
+//! - [`Registry::requests`] logs every request (method, path, headers, status, faults
+//!   fired); [`Registry::blob_gets`] and [`Registry::count`] answer "did the cached run
+//!   download anything?".
 //! - Served over HTTP: `GET`/`HEAD` `/v2/`, `/v2/<name>/manifests/<tag|digest>`,
 //!   `/v2/<name>/blobs/<digest>` (with single `Range` requests), `/v2/<name>/tags/list`, and
 //!   `GET /token` for [`Auth::Bearer`]. Names may contain slashes. Errors carry the spec's

@@ -16,6 +16,7 @@ use crate::http::{read_request, Body, ReadError, Request, Response};
 
 /// One request as the registry saw and answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestRecord {
     /// `GET`, `HEAD`, ...
     pub method: String,
@@ -29,6 +30,9 @@ pub struct RequestRecord {
     pub status: u16,
     /// Names of the faults that fired on this request (`"status"`, `"cut-after"`, ...).
     pub faults: Vec<&'static str>,
+    /// The request target was in absolute form (`GET http://host/v2/...`): the client took
+    /// this registry for its HTTP proxy (`HTTP_PROXY` pointing at it).
+    pub proxied: bool,
 }
 
 impl RequestRecord {
@@ -123,21 +127,8 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream)
 /// Decides the answer to `request`: faults, authentication, routing; logs it.
 fn plan(shared: &Shared, request: &Request) -> Plan {
     let mut state = shared.lock();
-    let fired: Vec<Fault> = state
-        .rules
-        .iter_mut()
-        .filter_map(|r| {
-            r.consider(&request.method, &request.path)
-                .then(|| r.rule.fault.clone())
-        })
-        .collect();
+    let mut fired = fire(&mut state, request, None);
 
-    let mut plan = Plan {
-        response: None,
-        delay: None,
-        cut_after: None,
-        bytes_per_sec: None,
-    };
     let replaced = fired.iter().find_map(|f| match f {
         Fault::Status {
             status,
@@ -162,12 +153,21 @@ fn plan(shared: &Shared, request: &Request) -> Plan {
         None => {
             let mut response = route(&mut state, &shared.base_url, request);
             if (200..300).contains(&response.status) {
-                for fault in &fired {
+                let on_success = fire(&mut state, request, Some(&response));
+                for fault in &on_success {
                     alter(&mut response, fault);
                 }
+                fired.extend(on_success);
             }
             Some(response)
         }
+    };
+
+    let mut plan = Plan {
+        response: None,
+        delay: None,
+        cut_after: None,
+        bytes_per_sec: None,
     };
     for fault in &fired {
         match fault {
@@ -190,9 +190,32 @@ fn plan(shared: &Shared, request: &Request) -> Plan {
         headers: request.headers.clone(),
         status: response.as_ref().map_or(0, |r| r.status),
         faults: fired.iter().map(Fault::name).collect(),
+        proxied: request.proxied,
     });
     plan.response = response;
     plan
+}
+
+/// Fires the rules of one stage: with `success` `None`, those acting before routing
+/// (status, drop, delay) on any matching request; with the successful response the registry
+/// is about to send, those acting on a response, on the requests where they have something
+/// to act on (a body for most: not on HEAD).
+fn fire(state: &mut State, request: &Request, success: Option<&Response>) -> Vec<Fault> {
+    state
+        .rules
+        .iter_mut()
+        .filter(|r| match success {
+            None => r.rule.fault.acts_before_routing(),
+            Some(_) => {
+                !r.rule.fault.acts_before_routing()
+                    && (request.method == "GET" || r.rule.fault.acts_on_head())
+            }
+        })
+        .filter_map(|r| {
+            r.consider(&request.method, &request.path)
+                .then(|| r.rule.fault.clone())
+        })
+        .collect()
 }
 
 /// Applies a body-altering fault to a successful response.

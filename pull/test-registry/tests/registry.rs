@@ -908,3 +908,80 @@ fn reference_formats_tags_and_digests() {
     );
     assert_eq!(registry.url(), format!("http://{host}"));
 }
+
+#[test]
+fn altering_faults_count_only_successful_gets() {
+    let registry = Registry::start_with_auth(Auth::basic("u", "p")).unwrap();
+    let image = kmod_image("6.1.0", Compression::Gzip);
+    registry.push_image("r", "t", &image);
+    let layer = &image.layers[0];
+    let path = format!("/v2/r/blobs/{}", layer.digest);
+    let auth = basic_authorization("u", "p");
+    let rule = registry.fault(Fault::CutAfter { bytes: 10 }.on("/blobs/").times(1));
+
+    // A 401 challenge, a HEAD and a 404 are not what the rule is about.
+    assert_eq!(get(registry.addr(), &path).status, 401);
+    let head = send(registry.addr(), "HEAD", &path, &[("Authorization", &auth)]);
+    assert_eq!(head.status, 200);
+    let missing = format!("/v2/r/blobs/{}", sha256_digest(b"none"));
+    let missing = send(
+        registry.addr(),
+        "GET",
+        &missing,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(missing.status, 404);
+    assert_eq!(registry.fault_fired(rule), 0);
+
+    // The first download that would succeed is cut; the next is whole.
+    let cut = send(registry.addr(), "GET", &path, &[("Authorization", &auth)]);
+    assert_eq!(cut.body.len(), 10);
+    let whole = send(registry.addr(), "GET", &path, &[("Authorization", &auth)]);
+    assert_eq!(whole.body, layer.bytes);
+    assert_eq!(registry.fault_fired(rule), 1);
+
+    // A wrong digest header is also served on HEAD.
+    registry.fault(Fault::WrongDigestHeader.on("/manifests/").method("HEAD"));
+    let head = send(
+        registry.addr(),
+        "HEAD",
+        "/v2/r/manifests/t",
+        &[("Authorization", &auth)],
+    );
+    assert_ne!(
+        head.header("Docker-Content-Digest"),
+        Some(image.digest.as_str())
+    );
+}
+
+#[test]
+fn incompressible_layer_round_trips() {
+    let registry = Registry::start().unwrap();
+    let image = Image::new()
+        .layer(Layer::new().random("opt/big.bin", 3 << 20, 7))
+        .build()
+        .unwrap();
+    registry.push_image("r", "t", &image);
+    let blob = get(
+        registry.addr(),
+        &format!("/v2/r/blobs/{}", image.layers[0].digest),
+    );
+    assert!(blob.body.len() > 3 << 20);
+    assert_eq!(sha256_digest(&blob.body), image.layers[0].digest);
+}
+
+#[test]
+fn absolute_form_targets_are_served_as_a_proxy_would() {
+    let (registry, image) = registry_with_image();
+    let target = format!(
+        "http://{}/v2/kmods/intel/ice/manifests/6.1.0",
+        registry.host()
+    );
+    let reply = get(registry.addr(), &target);
+    assert_eq!(reply.body, image.manifest);
+    get(registry.addr(), "/v2/");
+    let log = registry.requests();
+    assert!(log[0].proxied);
+    assert_eq!(log[0].path, "/v2/kmods/intel/ice/manifests/6.1.0");
+    assert!(!log[1].proxied);
+}
