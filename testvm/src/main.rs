@@ -1,2 +1,108 @@
 // SPDX-License-Identifier: Apache-2.0
-fn main() {}
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use tracing::error;
+
+use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, scenarios, vm_image};
+
+/// End-to-end tests of kmod-day1 in a QEMU VM (TCG), with a real registry and the real
+/// Ignition. Runs as root. Cache: testvm/cache or $KMOD_DAY1_VM_CACHE.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Builds (or finds in the cache) the VM image.
+    Image,
+    /// Builds (or finds in the cache) the test modules for the VM's kernels.
+    Modules,
+    /// Runs every scenario and prints the timings.
+    All,
+    /// Runs one scenario (first-apply, cached-boot, kernel-upgrade, several-modules,
+    /// broken-module, registry-down, power-cut).
+    Scenario {
+        /// Scenario name.
+        name: String,
+    },
+    /// Boots what the timings need and prints them.
+    Bench,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .without_time()
+        .with_target(false)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dirs = Dirs::from_env()?;
+    let (names, with_bench): (Vec<&str>, bool) = match &cli.command {
+        Cmd::Image => {
+            let img = vm_image::ensure(&dirs)?;
+            println!("{}", serde_json::to_string_pretty(&img)?);
+            return Ok(());
+        }
+        Cmd::Modules => {
+            let img = vm_image::ensure(&dirs)?;
+            let m = modules_build::ensure(&dirs, &img)?;
+            for k in m.values() {
+                modules_build::check(k)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            return Ok(());
+        }
+        Cmd::All => (scenarios::NAMES.to_vec(), true),
+        Cmd::Scenario { name } => (vec![name.as_str()], false),
+        Cmd::Bench => (vec![], true),
+    };
+    let mut lab = Lab::setup(dirs)?;
+    let setup: Vec<String> = lab
+        .setup_secs
+        .iter()
+        .map(|(k, s)| format!("{k} {s:.0} s"))
+        .collect();
+    let outcome = scenarios::run(&mut lab, &names, with_bench)?;
+    println!();
+    for r in &outcome.reports {
+        print!("{}", r.render());
+    }
+    if with_bench {
+        println!("=== timings");
+        print!("{}", outcome.bench);
+    }
+    println!("setup: {}", setup.join(", "));
+    println!("total wall time: {:.0} s", started.elapsed().as_secs_f64());
+    let failed: Vec<&str> = outcome
+        .reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.scenario.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} scenarios failed: {}",
+            failed.len(),
+            outcome.reports.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What the harness adds to the node besides kmod-day1 itself: the marker units, log
+//! forwarding of the kmod-day1 units to the console, and the registry settings.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::dirs::write_file;
+
+const MARK_SCRIPT: &str = include_str!("../fixtures/guest/kd1-mark");
+
+/// Marks the state once the network is online, before kmod-day1-pull runs (kept even
+/// when the pull then reboots the node).
+const PREPULL_UNIT: &str = "[Unit]
+Description=testvm: markers before kmod-day1-pull
+Wants=network-online.target
+After=network-online.target NetworkManager.service kmod-day1-load.service
+Before=kmod-day1-pull.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/libexec/kd1-mark prepull
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Marks the final state and powers the VM off, unless a reboot is pending.
+const FINAL_UNIT: &str = "[Unit]
+Description=testvm: final markers, then power off
+Wants=network-online.target
+After=multi-user.target network-online.target kmod-day1-pull.service kd1-mark-prepull.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/libexec/kd1-mark final poweroff
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The kmod-day1 units' logs also go to the kernel log, hence to the serial console with
+/// kernel timestamps (a test-only drop-in: the product units are unchanged).
+const LOG_DROPIN: &str = "[Service]
+StandardOutput=kmsg
+StandardError=kmsg
+";
+
+/// Options of the overlay.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    /// `10.0.2.2:PORT` of the test registry, marked insecure (plain HTTP).
+    pub registry: String,
+    /// A bench script run by the final marker unit, if any.
+    pub bench_script: Option<String>,
+}
+
+/// Writes the overlay into the root filesystem at `root`.
+pub fn install(root: &Path, o: &Overlay) -> Result<()> {
+    install_inner(root, o).context("adding the test units to the VM root")
+}
+
+fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
+    let libexec = root.join("usr/local/libexec");
+    write_file(&libexec.join("kd1-mark"), MARK_SCRIPT)?;
+    chmod(&libexec.join("kd1-mark"), 0o755)?;
+    if let Some(b) = &o.bench_script {
+        write_file(&libexec.join("kd1-bench"), b)?;
+        chmod(&libexec.join("kd1-bench"), 0o755)?;
+    }
+    let sd = root.join("etc/systemd/system");
+    for (name, text) in [
+        ("kd1-mark-prepull.service", PREPULL_UNIT),
+        ("kd1-mark-final.service", FINAL_UNIT),
+    ] {
+        write_file(&sd.join(name), text)?;
+        let wants = sd.join("multi-user.target.wants");
+        std::fs::create_dir_all(&wants)?;
+        let link = wants.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{name}"), &link)
+            .with_context(|| format!("enabling {name}"))?;
+    }
+    for unit in ["kmod-day1-load.service", "kmod-day1-pull.service"] {
+        write_file(
+            &sd.join(format!("{unit}.d/90-testvm-console.conf")),
+            LOG_DROPIN,
+        )?;
+    }
+    write_file(
+        &root.join("etc/containers/registries.conf"),
+        format!(
+            "# testvm: the test registry on the host speaks plain HTTP.\n[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            o.registry
+        ),
+    )?;
+    Ok(())
+}
+
+fn chmod(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_units_and_registry_settings() {
+        let d = tempfile::tempdir().unwrap();
+        install(
+            d.path(),
+            &Overlay {
+                registry: "10.0.2.2:5000".into(),
+                bench_script: None,
+            },
+        )
+        .unwrap();
+        let r = std::fs::read_to_string(d.path().join("etc/containers/registries.conf")).unwrap();
+        assert!(r.contains("location = \"10.0.2.2:5000\"") && r.contains("insecure = true"));
+        assert!(d
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/kd1-mark-final.service")
+            .is_symlink());
+        assert!(d.path().join("usr/local/libexec/kd1-mark").exists());
+    }
+}

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The scenarios of issue 5, each a named test with pass/fail and evidence. Nodes are
+//! shared by scenarios that are steps of the same life (see each file), so the suite fits
+//! CI's time budget; every scenario still runs on its own with `testvm scenario NAME`.
+
+pub mod e1000_node;
+pub mod facts;
+pub mod multi_modules;
+pub mod power_cut;
+pub mod registry_down;
+pub mod report;
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tracing::{error, info};
+
+use crate::bench;
+use crate::lab::Lab;
+use e1000_node::Stage;
+use report::Report;
+
+/// Every scenario, in the order `all` runs them.
+pub const NAMES: &[&str] = &[
+    "first-apply",
+    "cached-boot",
+    "kernel-upgrade",
+    "several-modules",
+    "broken-module",
+    "registry-down",
+    "power-cut",
+];
+
+/// The outcome of a run of scenarios, with the bench timings gathered on the way.
+pub struct Outcome {
+    /// One report per scenario.
+    pub reports: Vec<Report>,
+    /// Timings text.
+    pub bench: String,
+}
+
+fn failed(name: &str, e: &anyhow::Error) -> Report {
+    error!("scenario {name}: {e:#}");
+    let mut r = Report::new(name);
+    r.error = Some(format!("{e:#}"));
+    r
+}
+
+/// Runs the named scenarios (and the bench boot when `with_bench`).
+pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
+    for n in names {
+        if !NAMES.contains(n) {
+            bail!(
+                "unknown scenario {n:?}; the scenarios are: {}",
+                NAMES.join(", ")
+            );
+        }
+    }
+    let wants = |n: &str| names.contains(&n);
+    let mut reports = vec![];
+    let mut bench_text = String::new();
+    let stage = if with_bench {
+        Some(Stage::Baseline)
+    } else if wants("kernel-upgrade") {
+        Some(Stage::Upgrade)
+    } else if wants("cached-boot") {
+        Some(Stage::Cached)
+    } else if wants("first-apply") {
+        Some(Stage::FirstApply)
+    } else {
+        None
+    };
+    if let Some(stage) = stage {
+        let t = Instant::now();
+        match e1000_node::run(lab, stage) {
+            Ok(n) => {
+                if wants("first-apply") {
+                    reports.push(e1000_node::first_apply(&n));
+                }
+                if wants("cached-boot") {
+                    reports.push(e1000_node::cached_boot(&n));
+                }
+                if wants("kernel-upgrade") {
+                    reports.push(e1000_node::kernel_upgrade(&n, &lab.img.upgrade.release));
+                }
+                if with_bench {
+                    reports.push(e1000_node::baseline(&n));
+                    let b = &n.machine.boots;
+                    let fa = n.first_apply_boots;
+                    bench_text.push_str("boot milestones (seconds since kernel start, TCG):\n");
+                    for (label, i) in [
+                        ("first apply, in-tree boot", 0),
+                        ("first apply, swap boot", 1),
+                        ("cached boot", fa),
+                        ("upgraded kernel, first boot", fa + 1),
+                        ("kmod_day1.disable", fa + 2),
+                    ] {
+                        if let Some(boot) = b.get(i) {
+                            bench_text.push_str(&bench::milestones(label, boot));
+                        }
+                    }
+                    if let (Some(with), Some(without)) = (b.get(fa), b.get(fa + 2)) {
+                        bench_text.push_str("with / without kmod-day1 (cached boot vs kmod_day1.disable, same node):\n");
+                        bench_text.push_str(&bench::ratio(with, without));
+                    }
+                    bench_text.push_str(&format!(
+                        "reboots: first apply {} (KMM: 2), kernel upgrade {} extra (KMM: 1)\n",
+                        fa.saturating_sub(1),
+                        b.get(fa + 1).map_or("?".into(), |x| usize::from(
+                            x.end == crate::qemu::BootEnd::Reboot
+                        )
+                        .to_string())
+                    ));
+                }
+            }
+            Err(e) => {
+                for n in ["first-apply", "cached-boot", "kernel-upgrade"]
+                    .into_iter()
+                    .filter(|n| wants(n))
+                {
+                    reports.push(failed(n, &e));
+                }
+            }
+        }
+        info!("e1000 node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("several-modules") || wants("broken-module") || with_bench {
+        let t = Instant::now();
+        match multi_modules::run(lab) {
+            Ok(n) => {
+                if wants("several-modules") {
+                    reports.push(multi_modules::several_modules(&n));
+                }
+                if wants("broken-module") {
+                    reports.push(multi_modules::broken_module(&n));
+                }
+                if let Some(last) = n.machine.boots.last() {
+                    bench_text.push_str(&format!(
+                        "kmod-day1-load vs modprobe (same boot {}, same store tree):\n",
+                        last.number
+                    ));
+                    bench_text.push_str(&bench::loader_vs_modprobe(last));
+                    bench_text.push_str(&bench::milestones("several configs, 5 sets", last));
+                }
+            }
+            Err(e) => {
+                for n in ["several-modules", "broken-module"]
+                    .into_iter()
+                    .filter(|n| wants(n))
+                {
+                    reports.push(failed(n, &e));
+                }
+            }
+        }
+        info!("multi node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("registry-down") {
+        let t = Instant::now();
+        reports.push(registry_down::run(lab).unwrap_or_else(|e| failed("registry-down", &e)));
+        info!("registry-down node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("power-cut") {
+        let t = Instant::now();
+        reports.push(power_cut::run(lab).unwrap_or_else(|e| failed("power-cut", &e)));
+        info!("power-cut node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    Ok(Outcome {
+        reports,
+        bench: bench_text,
+    })
+}
