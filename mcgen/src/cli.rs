@@ -65,7 +65,7 @@ Exit status: 0 on success, 2 for invalid input (one line says which value and ho
 
 /// mcgen's command line.
 #[derive(Debug, Parser)]
-#[command(name = "mcgen", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+#[command(name = "mcgen", version, max_term_width = 100, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 #[command(group(ArgGroup::new("kmm").multiple(true).args(["machine_config", "machine_config_pool", "image", "kernel_module", "in_tree_modules_to_remove", "firmware_files_path"]).conflicts_with("spec")))]
 pub struct Cli {
     /// Spec file: a KmodDay1Config or a KMM BootModuleConfig (YAML); `-` reads stdin
