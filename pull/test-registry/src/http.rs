@@ -89,6 +89,12 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
         if buf.len() > MAX_HEAD {
             return Err(ReadError::Malformed("request head too large"));
         }
+        // Refuse at once what cannot become a request line, e.g. a TLS ClientHello from a
+        // client trying https first: waiting for a blank line would hang it until it times
+        // out, and a plain-text answer lets it fall back to http immediately.
+        if !could_be_request_line(buf) {
+            return Err(ReadError::Malformed("not an HTTP request"));
+        }
         let mut chunk = [0u8; 8192];
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -129,6 +135,13 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     }
     buf.drain(..body_len);
     Ok(Some(request))
+}
+
+/// Whether `start` (what has arrived so far) can begin `METHOD SP`: up to 16 upper-case
+/// letters before the first space.
+fn could_be_request_line(start: &[u8]) -> bool {
+    let method = start.split(|&b| b == b' ').next().unwrap_or_default();
+    method.len() <= 16 && method.iter().all(u8::is_ascii_uppercase)
 }
 
 fn parse_head(head: &str) -> Result<Request, ReadError> {
@@ -392,6 +405,27 @@ HEAD /v2/ HTTP/1.0\r\n\r\n";
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn tls_client_hello_is_refused_without_waiting() {
+        // A stream that never ends: only the early check can answer.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let out = block_on(async move {
+            use tokio::io::AsyncWriteExt as _;
+            client
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let r = read_request(&mut server, &mut buf).await;
+            drop(client);
+            r
+        });
+        assert!(matches!(out, Err(ReadError::Malformed(_))));
+        assert!(could_be_request_line(b"GE"));
+        assert!(could_be_request_line(b"GET /v2/"));
+        assert!(!could_be_request_line(b"get /"));
     }
 
     #[test]
