@@ -11,7 +11,8 @@
 //! - [`Fault::Status`], [`Fault::Drop`] and [`Fault::Delay`] act before anything else, as a
 //!   failing proxy in front of a registry would: they count every matching request, including
 //!   a client's first, unauthenticated one, and `/token`.
-//! - The faults that alter a response ([`Fault::CutAfter`], [`Fault::CorruptBody`],
+//! - The faults that alter a response ([`Fault::CutAfter`], [`Fault::StallAfter`],
+//!   [`Fault::CorruptBody`],
 //!   [`Fault::LyingManifest`], [`Fault::ReplaceBody`], [`Fault::Slow`],
 //!   [`Fault::WrongDigestHeader`]) count only the matching requests the registry answers with
 //!   a 2xx, and only `GET`s (`WrongDigestHeader`: `HEAD`s too). So
@@ -36,6 +37,13 @@ pub enum Fault {
     /// `bytes` bytes of its body, then close the connection: a connection cut mid-blob.
     CutAfter {
         /// Body bytes sent before the cut.
+        bytes: u64,
+    },
+    /// Send the headers of the real response and the first `bytes` bytes of its body, then
+    /// nothing more, keeping the connection open: a server that stalls mid-transfer, for
+    /// read timeouts.
+    StallAfter {
+        /// Body bytes sent before the stall.
         bytes: u64,
     },
     /// Flip bits in one byte of the body (the middle one); length and headers, including
@@ -102,6 +110,7 @@ impl Fault {
         match self {
             Self::Status { .. } => "status",
             Self::CutAfter { .. } => "cut-after",
+            Self::StallAfter { .. } => "stall-after",
             Self::CorruptBody => "corrupt-body",
             Self::LyingManifest => "lying-manifest",
             Self::WrongDigestHeader => "wrong-digest-header",

@@ -51,6 +51,8 @@
 //!   JSON error bodies and codes (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, `NAME_UNKNOWN`, ...).
 //! - Blobs are linked per repository, like real registries: a blob pushed to one repository
 //!   is not served from another.
+//! - [`Registry::redirect_blobs`] makes blob downloads go through a `307` to a second origin,
+//!   as with registries backed by object storage or a CDN.
 
 mod auth;
 mod digest;
@@ -99,12 +101,17 @@ impl Registry {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        // A second origin for redirected blob downloads (see `redirect_blobs`).
+        let blob_store = std::net::TcpListener::bind("127.0.0.1:0")?;
+        blob_store.set_nonblocking(true)?;
+        let blob_store_url = format!("http://{}", blob_store.local_addr()?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 auth,
                 ..State::default()
             }),
             base_url: format!("http://{addr}"),
+            blob_store_url,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -115,7 +122,7 @@ impl Registry {
             .name(format!("test-registry-{}", addr.port()))
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || runtime.block_on(accept_loop(listener, shared, stop))
+                move || runtime.block_on(accept_loop([listener, blob_store], shared, stop))
             })?;
         Ok(Self {
             shared,
@@ -138,6 +145,22 @@ impl Registry {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         self.shared.base_url.clone()
+    }
+
+    /// `http://127.0.0.1:<other port>`, the blob store that [`Registry::redirect_blobs`]
+    /// sends blob downloads to.
+    pub fn blob_store_url(&self) -> String {
+        self.shared.blob_store_url.clone()
+    }
+
+    /// With `true`, blob `GET`s are answered `307 Temporary Redirect` to
+    /// `<blob_store_url>/blobstore/<digest>`, another origin (another port) that serves
+    /// without authentication, as registries backed by object storage or a CDN do. The log
+    /// then shows the redirect under `/v2/.../blobs/` and the download under `/blobstore/`:
+    /// a test can check that the client followed it and did not send its registry
+    /// credentials there. `HEAD`s are answered directly.
+    pub fn redirect_blobs(&self, on: bool) {
+        self.shared.lock().redirect_blobs = on;
     }
 
     /// An image reference: `127.0.0.1:<port>/<repository>:<tag>`, or `...@<digest>` when
@@ -355,27 +378,35 @@ impl Drop for Registry {
 }
 
 async fn accept_loop(
-    listener: std::net::TcpListener,
+    listeners: [std::net::TcpListener; 2],
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+    let [registry, blob_store] = listeners;
+    let (Ok(registry), Ok(blob_store)) = (
+        tokio::net::TcpListener::from_std(registry),
+        tokio::net::TcpListener::from_std(blob_store),
+    ) else {
         return;
     };
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, _)) => {
-                        connections.spawn(server::serve_connection(Arc::clone(&shared), stream));
-                    }
-                    // Out of file descriptors or similar: do not spin.
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                }
+            accepted = registry.accept() => accepted.map(|(s, _)| (s, server::Origin::Registry)),
+            accepted = blob_store.accept() => accepted.map(|(s, _)| (s, server::Origin::BlobStore)),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        match accepted {
+            Ok((stream, origin)) => {
+                connections.spawn(server::serve_connection(
+                    Arc::clone(&shared),
+                    stream,
+                    origin,
+                ));
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // Out of file descriptors or similar: do not spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
     }
     connections.shutdown().await;

@@ -71,6 +71,9 @@ pub(crate) struct State {
     pub(crate) repositories: BTreeMap<String, Repository>,
     pub(crate) rules: Vec<ActiveRule>,
     pub(crate) log: Vec<RequestRecord>,
+    /// Answer blob GETs with a 307 to the blob store, as registries backed by object
+    /// storage do.
+    pub(crate) redirect_blobs: bool,
 }
 
 /// What the connection task shares with the [`crate::Registry`] handle.
@@ -79,7 +82,21 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// `http://127.0.0.1:<port>`, for the Bearer realm.
     pub(crate) base_url: String,
+    /// `http://127.0.0.1:<other port>`: the blob store blob GETs are redirected to.
+    pub(crate) blob_store_url: String,
 }
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The registry API.
+    Registry,
+    /// The blob store (a CDN or object store in real life): `/blobstore/<digest>`, no auth.
+    BlobStore,
+}
+
+/// Path prefix of blobs on the blob store.
+pub(crate) const BLOB_STORE_PATH: &str = "/blobstore/";
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -95,11 +112,12 @@ struct Plan {
     response: Option<Response>,
     delay: Option<Duration>,
     cut_after: Option<u64>,
+    stall_after: Option<u64>,
     bytes_per_sec: Option<u64>,
 }
 
 /// Serves one connection until the peer closes, a fault cuts it, or the task is aborted.
-pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream) {
+pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, origin: Origin) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -115,7 +133,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream)
                 return;
             }
         };
-        let plan = plan(&shared, &request);
+        let plan = plan(&shared, &request, origin);
         let keep_alive = request.keep_alive();
         match send(&mut stream, plan, request.method == "HEAD", keep_alive).await {
             Ok(true) if keep_alive => continue,
@@ -125,7 +143,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream)
 }
 
 /// Decides the answer to `request`: faults, authentication, routing; logs it.
-fn plan(shared: &Shared, request: &Request) -> Plan {
+fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
     let mut state = shared.lock();
     let mut fired = fire(&mut state, request, None);
 
@@ -151,7 +169,10 @@ fn plan(shared: &Shared, request: &Request) -> Plan {
     let response = match replaced {
         Some(response) => response,
         None => {
-            let mut response = route(&mut state, &shared.base_url, request);
+            let mut response = match origin {
+                Origin::Registry => route(&mut state, shared, request),
+                Origin::BlobStore => blob_store(&state, request),
+            };
             if (200..300).contains(&response.status) {
                 let on_success = fire(&mut state, request, Some(&response));
                 for fault in &on_success {
@@ -167,6 +188,7 @@ fn plan(shared: &Shared, request: &Request) -> Plan {
         response: None,
         delay: None,
         cut_after: None,
+        stall_after: None,
         bytes_per_sec: None,
     };
     for fault in &fired {
@@ -174,6 +196,9 @@ fn plan(shared: &Shared, request: &Request) -> Plan {
             Fault::Delay(d) => *plan.delay.get_or_insert(Duration::ZERO) += *d,
             Fault::CutAfter { bytes } => {
                 plan.cut_after = Some(plan.cut_after.map_or(*bytes, |c| c.min(*bytes)));
+            }
+            Fault::StallAfter { bytes } => {
+                plan.stall_after = Some(plan.stall_after.map_or(*bytes, |c| c.min(*bytes)));
             }
             Fault::Slow { bytes_per_sec } => {
                 let bps = (*bytes_per_sec).max(1);
@@ -270,9 +295,13 @@ async fn send(
     stream
         .write_all(&response.head_bytes(response.body.len(), keep_alive))
         .await?;
-    let limit = plan.cut_after.map_or(body.len(), |c| {
-        body.len().min(usize::try_from(c).unwrap_or(usize::MAX))
-    });
+    let at = |bytes: Option<u64>| {
+        bytes.map_or(body.len(), |b| {
+            body.len().min(usize::try_from(b).unwrap_or(usize::MAX))
+        })
+    };
+    let (cut, stall) = (at(plan.cut_after), at(plan.stall_after));
+    let limit = cut.min(stall);
     match plan.bytes_per_sec {
         None => stream.write_all(&body[..limit]).await?,
         Some(bps) => {
@@ -287,6 +316,10 @@ async fn send(
         }
     }
     stream.flush().await?;
+    if limit < body.len() && stall <= cut {
+        // Hold the connection open, silent, until the client gives up or the registry stops.
+        std::future::pending::<()>().await;
+    }
     Ok(limit == body.len())
 }
 
@@ -298,7 +331,8 @@ pub(crate) fn error_response(status: u16, code: &str, message: &str) -> Response
 }
 
 /// The read side of the distribution API.
-fn route(state: &mut State, base_url: &str, request: &Request) -> Response {
+fn route(state: &mut State, shared: &Shared, request: &Request) -> Response {
+    let base_url = shared.base_url.as_str();
     if request.path == auth::TOKEN_PATH {
         let State { auth, tokens, .. } = state;
         return auth::token_endpoint(auth, tokens, request);
@@ -347,7 +381,7 @@ fn route(state: &mut State, base_url: &str, request: &Request) -> Response {
     let reference = crate::http::percent_decode(reference);
     let response = match kind {
         "manifest" => manifest(repository, &reference),
-        "blob" => blob(&state.blobs, repository, &reference, request),
+        "blob" => blob(state, shared, repository, &reference, request),
         _ => Response::new(200).json(&json!({
             "name": name,
             "tags": repository.tags.keys().collect::<Vec<_>>(),
@@ -379,7 +413,8 @@ fn manifest(repository: &Repository, reference: &str) -> Response {
 }
 
 fn blob(
-    blobs: &HashMap<String, Arc<[u8]>>,
+    state: &State,
+    shared: &Shared,
     repository: &Repository,
     digest: &str,
     request: &Request,
@@ -387,10 +422,39 @@ fn blob(
     if !is_valid_digest(digest) {
         return error_response(400, "DIGEST_INVALID", "invalid digest");
     }
-    let bytes = match blobs.get(digest) {
+    let bytes = match state.blobs.get(digest) {
         Some(bytes) if repository.blobs.contains(digest) => Arc::clone(bytes),
         _ => return error_response(404, "BLOB_UNKNOWN", "blob unknown to registry"),
     };
+    if state.redirect_blobs && request.method == "GET" {
+        return Response::new(307)
+            .header(
+                "Location",
+                format!("{}{BLOB_STORE_PATH}{digest}", shared.blob_store_url),
+            )
+            .header("Docker-Content-Digest", digest);
+    }
+    serve_blob(bytes, digest, request)
+}
+
+/// The blob store: `GET`/`HEAD` `/blobstore/<digest>`, any blob, no authentication (real
+/// ones check a signature in the query string).
+fn blob_store(state: &State, request: &Request) -> Response {
+    if request.method != "GET" && request.method != "HEAD" {
+        return Response::new(405);
+    }
+    let digest = request
+        .path
+        .strip_prefix(BLOB_STORE_PATH)
+        .map(crate::http::percent_decode)
+        .unwrap_or_default();
+    match state.blobs.get(&digest) {
+        Some(bytes) => serve_blob(Arc::clone(bytes), &digest, request),
+        None => Response::new(404),
+    }
+}
+
+fn serve_blob(bytes: Arc<[u8]>, digest: &str, request: &Request) -> Response {
     let body = Body::shared(bytes);
     let response = Response::new(200)
         .header("Content-Type", "application/octet-stream")

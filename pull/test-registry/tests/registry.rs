@@ -985,3 +985,85 @@ fn absolute_form_targets_are_served_as_a_proxy_would() {
     assert_eq!(log[0].path, "/v2/kmods/intel/ice/manifests/6.1.0");
     assert!(!log[1].proxied);
 }
+
+#[test]
+fn stall_after_keeps_the_connection_silent() {
+    let registry = Registry::start().unwrap();
+    let digest = registry.push_blob("r", vec![5u8; 1000]);
+    registry.fault(Fault::StallAfter { bytes: 100 }.on("/blobs/").times(1));
+    let mut stream = TcpStream::connect(registry.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    stream
+        .write_all(&request_bytes(
+            "GET",
+            &format!("/v2/r/blobs/{digest}"),
+            &[],
+            true,
+        ))
+        .unwrap();
+    let mut raw = Vec::new();
+    let err = stream.read_to_end(&mut raw).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    let (reply, head_len) = parse_head(&raw).unwrap();
+    assert_eq!(reply.content_length(), 1000);
+    assert_eq!(raw.len() - head_len, 100);
+    assert_eq!(registry.requests()[0].faults, ["stall-after"]);
+}
+
+#[test]
+fn blob_downloads_can_be_redirected_to_another_origin() {
+    let registry = Registry::start_with_auth(Auth::basic("u", "p")).unwrap();
+    let image = kmod_image("6.1.0", Compression::Gzip);
+    registry.push_image("kmods/ice", "6.1.0", &image);
+    registry.redirect_blobs(true);
+    let auth = basic_authorization("u", "p");
+    let layer = &image.layers[0];
+    let path = format!("/v2/kmods/ice/blobs/{}", layer.digest);
+
+    let redirect = send(registry.addr(), "GET", &path, &[("Authorization", &auth)]);
+    assert_eq!(redirect.status, 307);
+    let location = redirect.header("Location").unwrap();
+    let store = registry.blob_store_url();
+    assert_eq!(location, format!("{store}/blobstore/{}", layer.digest));
+    // Authentication is still checked before redirecting.
+    assert_eq!(get(registry.addr(), &path).status, 401);
+    // HEAD is answered directly.
+    let head = send(registry.addr(), "HEAD", &path, &[("Authorization", &auth)]);
+    assert_eq!(head.status, 200);
+
+    let store_addr: SocketAddr = store.strip_prefix("http://").unwrap().parse().unwrap();
+    assert_ne!(store_addr, registry.addr());
+    let store_path = location.strip_prefix(&store).unwrap();
+    let blob = get(store_addr, store_path);
+    assert_eq!(blob.status, 200);
+    assert_eq!(blob.body, layer.bytes);
+    assert_eq!(get(store_addr, "/blobstore/sha256:00").status, 404);
+    assert_eq!(
+        get(store_addr, "/v2/").status,
+        404,
+        "the store is not a registry"
+    );
+
+    // Faults apply on the store too, and the log tells the origins apart.
+    registry.fault(Fault::CorruptBody.on("/blobstore/").times(1));
+    assert_ne!(get(store_addr, store_path).body, layer.bytes);
+    let downloads = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/blobstore/") && r.status == 200)
+        .count();
+    assert_eq!(downloads, 2);
+    assert_eq!(registry.blob_gets(), 2, "the redirects, not the downloads");
+
+    registry.redirect_blobs(false);
+    let direct = send(registry.addr(), "GET", &path, &[("Authorization", &auth)]);
+    assert_eq!(direct.body, layer.bytes);
+}

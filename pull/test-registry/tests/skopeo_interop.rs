@@ -111,6 +111,8 @@ fn skopeo_pulls_through_every_auth_mode_and_an_index() {
         let registry = Registry::start_with_auth(auth.clone()).unwrap();
         let image = kmod_image("amd64", Compression::Gzip);
         registry.push_image("kmods/ice", "6.1.0", &image);
+        // Through a blob redirect, as with registries backed by object storage.
+        registry.redirect_blobs(creds.is_some());
         let output = copy(dir.path(), &registry, "6.1.0", creds);
         assert_success(&output);
         assert_eq!(copied_manifest(dir.path()), image.digest, "{auth:?}");
@@ -120,6 +122,17 @@ fn skopeo_pulls_through_every_auth_mode_and_an_index() {
                 layer.bytes
             );
         }
+        let downloads = registry
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/blobstore/"))
+            .count();
+        let expected = if creds.is_some() {
+            image.layers.len() + 1
+        } else {
+            0
+        };
+        assert_eq!(downloads, expected, "{auth:?}");
         if auth != Auth::None {
             let refused = copy(dir.path(), &registry, "6.1.0", Some("u:wrong"));
             assert!(!refused.status.success(), "{auth:?}");
