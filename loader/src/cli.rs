@@ -1,0 +1,242 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line parsing. A small hand parser rather than clap: the loader runs on every
+//! boot and takes only `--flag VALUE` options; clap's derive and help machinery would add
+//! a few hundred KiB to a binary whose budget is 1.2 MiB static.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::Options;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Load the module sets.
+    Run(Box<Options>),
+    /// Print [`HELP`].
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// A command line that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}; see kmod-day1-load --help")]
+pub struct UsageError(pub String);
+
+/// The flags that take a path or value, as `(flag, what)`; [`HELP`] documents each.
+pub const VALUE_FLAGS: &[&str] = &[
+    "--config-dir",
+    "--store",
+    "--status",
+    "--kernel-release",
+    "--cmdline",
+    "--modules-root",
+    "--sysfs",
+    "--firmware-dir",
+    "--kmsg",
+    "--boot-id-file",
+];
+
+/// `--help`: the manual page.
+pub const HELP: &str = "\
+kmod-day1-load - swap in-tree kernel modules for out-of-tree ones at boot
+
+USAGE
+    kmod-day1-load [OPTIONS]
+
+DESCRIPTION
+    Runs once per boot from kmod-day1-load.service, before network-pre.target, so that
+    NetworkManager only ever sees the out-of-tree driver.
+
+    For every config in the config directory and every module set in it, the loader
+    resolves the image for the running kernel and looks in the store for the tree that
+    kmod-day1-pull committed for it. Nothing stored yet: the set is recorded as notStored
+    and the loader exits 0; the pull unit fetches the image after the network is up.
+
+    With a tree, the loader first checks everything without touching the kernel: each
+    module file exists, its vermagic names the running kernel, every dependency resolves
+    (from the image's modules.dep and modinfo, then the node's /lib/modules/<kver>; plain,
+    .ko.xz and .ko.zst). Then it unloads the in-tree modules listed in
+    inTreeModulesToRemove (in order, refusing modules still used by others), copies the
+    image's firmware to the firmware directory and points the kernel at it, and loads the
+    modules with their dependencies and parameters. A module already loaded with the same
+    srcversion is left alone, so a second run changes nothing. If any step fails, what
+    this run loaded is unloaded and the in-tree modules it removed are loaded back.
+
+    Every run writes the status file (JSON): per set its state (loaded, notStored,
+    noImage, skipped, failed), image, manifest digest, modules with version, srcversion
+    and load time, the in-tree modules removed, whether it was rolled back, the time spent
+    in the kernel (kernelUs) and the loader's own time (overheadUs), and the error.
+
+KERNEL COMMAND LINE
+    kmod_day1.disable              do nothing this boot (exit 0, no status written)
+    kmod_day1.skip=SET[,CONFIG/SET]  skip those module sets (recorded as skipped)
+
+OPTIONS
+    --config-dir DIR      config files, one per MachineConfig   [/etc/kmod-day1/config.d]
+    --store DIR           the store written by kmod-day1-pull    [/var/lib/kmod-day1]
+    --status FILE         status file written by this run       [/run/kmod-day1/status.json]
+    --kernel-release KVER kernel release to load for            [uname -r]
+    --cmdline FILE        kernel command line                   [/proc/cmdline]
+    --modules-root DIR    the node's modules, DIR/<kver>        [/lib/modules]
+    --sysfs DIR           sysfs, for /sys/module                [/sys]
+    --firmware-dir DIR    where firmware is copied              [/var/lib/firmware]
+    --kmsg FILE           kernel log, to name unknown symbols   [/dev/kmsg]
+    --boot-id-file FILE   boot id for the status file           [/proc/sys/kernel/random/boot_id]
+    -v, --verbose         log debug lines too
+    -h, --help            print this help
+    -V, --version         print the version
+
+EXIT STATUS
+    0   every set loaded, or nothing to do yet (not stored, no image, skipped, disabled)
+    1   a set failed and was rolled back: the in-tree modules are loaded again
+    2   bad usage or config: nothing was touched for it (other configs are still used)
+    3   a rollback failed: an in-tree module could not be loaded back (see the journal)
+    When several apply, the highest in the order 3, 1, 2, 0 is returned.
+
+LOGGING
+    One line per step on stderr, without timestamps (journald adds them), e.g.
+      INFO 99-ice/ice: unloaded in-tree ice in 12.3 ms
+      INFO 99-ice/ice: loaded ice 1.14.9 srcversion 0ABC... from image in 80.1 ms
+      INFO 99-ice/ice: loaded: 2 modules (0 already loaded), kernel 92.4 ms, own 1.2 ms
+";
+
+/// Parses the arguments after the program name.
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    let mut o = Options::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| UsageError(format!("argument {a:?} is not UTF-8")))?;
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-v" | "--verbose" => {
+                o.verbose = true;
+                continue;
+            }
+            _ => {}
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(OsString::from(v))),
+            _ => (arg.clone(), None),
+        };
+        if !VALUE_FLAGS.contains(&flag.as_str()) {
+            return Err(UsageError(format!("unknown argument {arg:?}")));
+        }
+        let value = match inline.or_else(|| args.next()) {
+            Some(v) if !v.is_empty() => v,
+            _ => return Err(UsageError(format!("{flag} needs a value"))),
+        };
+        let path = PathBuf::from(&value);
+        match flag.as_str() {
+            "--config-dir" => o.config_dir = path,
+            "--store" => o.store = path,
+            "--status" => o.status = path,
+            "--kernel-release" => {
+                o.kernel_release = Some(
+                    value
+                        .into_string()
+                        .map_err(|_| UsageError("--kernel-release is not UTF-8".into()))?,
+                )
+            }
+            "--cmdline" => o.cmdline = path,
+            "--modules-root" => o.modules_root = path,
+            "--sysfs" => o.sysfs = path,
+            "--firmware-dir" => o.firmware_dir = path,
+            "--kmsg" => o.kmsg = path,
+            "--boot-id-file" => o.boot_id_file = path,
+            _ => unreachable!("every value flag is handled"),
+        }
+    }
+    Ok(Command::Run(Box::new(o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(a: &[&str]) -> Result<Command, UsageError> {
+        parse_args(a.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn defaults_are_the_production_paths() {
+        let Command::Run(o) = parse(&[]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(*o, Options::default());
+        assert_eq!(o.config_dir, PathBuf::from("/etc/kmod-day1/config.d"));
+        assert_eq!(o.store, PathBuf::from("/var/lib/kmod-day1"));
+        assert_eq!(o.status, PathBuf::from("/run/kmod-day1/status.json"));
+        assert_eq!(o.firmware_dir, PathBuf::from("/var/lib/firmware"));
+    }
+
+    #[test]
+    fn every_flag_sets_its_field() {
+        let mut args = vec![];
+        for f in VALUE_FLAGS {
+            args.push(f.to_string());
+            args.push(format!("/x{f}"));
+        }
+        args.push("-v".into());
+        let Command::Run(o) = parse_args(args.into_iter().map(OsString::from)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.config_dir, PathBuf::from("/x--config-dir"));
+        assert_eq!(o.store, PathBuf::from("/x--store"));
+        assert_eq!(o.status, PathBuf::from("/x--status"));
+        assert_eq!(o.kernel_release.as_deref(), Some("/x--kernel-release"));
+        assert_eq!(o.cmdline, PathBuf::from("/x--cmdline"));
+        assert_eq!(o.modules_root, PathBuf::from("/x--modules-root"));
+        assert_eq!(o.sysfs, PathBuf::from("/x--sysfs"));
+        assert_eq!(o.firmware_dir, PathBuf::from("/x--firmware-dir"));
+        assert_eq!(o.kmsg, PathBuf::from("/x--kmsg"));
+        assert_eq!(o.boot_id_file, PathBuf::from("/x--boot-id-file"));
+        assert!(o.verbose);
+        let Command::Run(o) = parse(&["--store=/s"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.store, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn bad_usage_is_explained() {
+        assert!(parse(&["--bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown argument \"--bogus\""));
+        assert!(parse(&["--store"])
+            .unwrap_err()
+            .to_string()
+            .contains("--store needs a value"));
+        assert!(parse(&["--store="])
+            .unwrap_err()
+            .to_string()
+            .contains("needs a value"));
+        assert!(parse(&["stray"]).is_err());
+        assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
+    }
+
+    /// The help and the README document every flag: adding one without its docs fails.
+    #[test]
+    fn help_and_readme_document_every_flag() {
+        let readme = include_str!("../README.md");
+        for f in VALUE_FLAGS
+            .iter()
+            .chain(&["--verbose", "--help", "--version"])
+        {
+            assert!(HELP.contains(f), "--help lacks {f}");
+            assert!(readme.contains(f), "loader/README.md lacks {f}");
+        }
+        for code in ["0 ", "1 ", "2 ", "3 "] {
+            assert!(
+                HELP.contains(&format!("    {code}")),
+                "--help lacks exit code {code}"
+            );
+        }
+    }
+}

@@ -1,0 +1,784 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The swap of one module set: preflight, unload the in-tree modules, install firmware,
+//! load the out-of-tree modules; on any failure, roll back (unload what this run loaded,
+//! load back what it removed) so the node keeps its in-tree driver and its network.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kmod_day1_contract::{ModuleSet, ModuleStatus, SetState};
+use nix::errno::Errno;
+use tracing::{debug, info, warn};
+
+use crate::decompress::{self, Compression};
+use crate::firmware;
+use crate::kernel::{explain_load_error, explain_unload_error, KernelModules};
+use crate::modules_dep::ModuleIndex;
+use crate::plan::{plan_set, Origin, PlannedModule, PreflightError, Resolver};
+
+/// How often a load that finds the in-tree module back (udev's coldplug modprobe racing
+/// the swap) unloads it again and retries.
+const EEXIST_RETRIES: usize = 3;
+
+/// The node around a swap.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    /// `uname -r`.
+    pub kernel_release: &'a str,
+    /// `/lib/modules/<kver>`.
+    pub in_tree: &'a ModuleIndex,
+    /// `/sys`.
+    pub sysfs: &'a Path,
+    /// `/var/lib/firmware`.
+    pub firmware_dir: &'a Path,
+}
+
+/// What to swap.
+#[derive(Debug, Clone, Copy)]
+pub struct SetInput<'a> {
+    /// `config/set`, for log lines.
+    pub label: &'a str,
+    /// The module set.
+    pub set: &'a ModuleSet,
+    /// The image's modules (`trees/<id>/modules`).
+    pub image: &'a ModuleIndex,
+    /// The image's firmware (`trees/<id>/firmware`), when the set has some.
+    pub firmware: Option<&'a Path>,
+}
+
+/// The outcome of a swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapResult {
+    /// `Loaded` or `Failed`.
+    pub state: SetState,
+    /// Modules loaded or found loaded, in load order.
+    pub modules: Vec<ModuleStatus>,
+    /// In-tree modules unloaded.
+    pub removed_in_tree: Vec<String>,
+    /// A failure was rolled back.
+    pub rolled_back: bool,
+    /// The rollback itself failed: an in-tree module is not back.
+    pub rollback_failed: bool,
+    /// Time inside module syscalls.
+    pub kernel: Duration,
+    /// The failure (and the rollback's, if any).
+    pub error: Option<String>,
+}
+
+struct Swap<'k, 'a> {
+    k: &'k mut dyn KernelModules,
+    node: Node<'a>,
+    label: &'a str,
+    kernel: Duration,
+    loaded_by_us: Vec<String>,
+    removed: Vec<String>,
+    modules: Vec<ModuleStatus>,
+}
+
+/// Swaps one module set. Never returns early without rolling back what it did.
+pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) -> SwapResult {
+    let mut s = Swap {
+        k,
+        node,
+        label: input.label,
+        kernel: Duration::ZERO,
+        loaded_by_us: vec![],
+        removed: vec![],
+        modules: vec![],
+    };
+    let (plan, to_unload) = match s.preflight(input) {
+        Ok(p) => p,
+        Err(e) => return s.finish(Some(e.to_string()), false, false),
+    };
+    match s.apply(&plan, &to_unload, input.firmware) {
+        Ok(()) => s.finish(None, false, false),
+        Err(e) => {
+            warn!("{}: {e}; rolling back", s.label);
+            match s.rollback() {
+                Ok(()) => {
+                    info!("{}: rolled back: in-tree modules restored", s.label);
+                    s.finish(Some(e), true, false)
+                }
+                Err(r) => s.finish(Some(format!("{e}; rollback failed: {r}")), true, true),
+            }
+        }
+    }
+}
+
+impl Swap<'_, '_> {
+    fn finish(self, error: Option<String>, rolled_back: bool, rollback_failed: bool) -> SwapResult {
+        SwapResult {
+            state: if error.is_none() {
+                SetState::Loaded
+            } else {
+                SetState::Failed
+            },
+            modules: if error.is_none() {
+                self.modules
+            } else {
+                vec![]
+            },
+            removed_in_tree: self.removed,
+            rolled_back,
+            rollback_failed,
+            kernel: self.kernel,
+            error,
+        }
+    }
+
+    fn is_present(&self, name: &str) -> bool {
+        matches!(self.k.module_state(name), Ok(Some(_)))
+    }
+
+    /// Resolves the load order and decides which in-tree modules to unload, reading only.
+    fn preflight(
+        &self,
+        input: SetInput<'_>,
+    ) -> Result<(Vec<PlannedModule>, Vec<String>), PreflightError> {
+        let present = |n: &str| self.is_present(n);
+        let plan = plan_set(
+            input.set,
+            input.image,
+            self.node.in_tree,
+            self.node.kernel_release,
+            &present,
+        )?;
+        let ours: HashMap<&str, Option<&str>> = plan
+            .iter()
+            .filter(|m| m.origin == Origin::Image)
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    m.info.as_ref().and_then(|i| i.srcversion()),
+                )
+            })
+            .collect();
+        let state = |n: &str| {
+            self.k
+                .module_state(n)
+                .map_err(|e| PreflightError(format!("reading the state of module {n}: {e}")))
+        };
+        let mut to_unload: Vec<String> = vec![];
+        let removal: Vec<String> = input
+            .set
+            .in_tree_modules_to_remove
+            .iter()
+            .map(|m| m.kernel_name())
+            .collect();
+        for name in &removal {
+            let Some(st) = state(name)? else {
+                debug!(
+                    "{}: in-tree {name} is not loaded: nothing to unload",
+                    self.label
+                );
+                continue;
+            };
+            if st.builtin {
+                return Err(PreflightError(format!(
+                    "{name} is built into the kernel and cannot be unloaded: it cannot be replaced by a module"
+                )));
+            }
+            if st.srcversion.is_some()
+                && ours.get(name.as_str()).copied().flatten() == st.srcversion.as_deref()
+            {
+                debug!("{}: {name} is already the image's module", self.label);
+                continue;
+            }
+            for h in &st.holders {
+                if !to_unload.contains(h) {
+                    return Err(PreflightError(format!(
+                        "{name} is used by {h}: list {h} before {name} in inTreeModulesToRemove, or stop using it"
+                    )));
+                }
+            }
+            to_unload.push(name.clone());
+        }
+        for m in plan.iter().filter(|m| m.origin == Origin::Image) {
+            if to_unload.contains(&m.name) {
+                continue;
+            }
+            if let Some(st) = state(&m.name)? {
+                let want = m.info.as_ref().and_then(|i| i.srcversion());
+                if st.srcversion.as_deref() != want || want.is_none() {
+                    return Err(PreflightError(format!(
+                        "module {} is already loaded with srcversion {}, the image has {}: add {} to inTreeModulesToRemove",
+                        m.name,
+                        st.srcversion.as_deref().unwrap_or("none"),
+                        want.unwrap_or("none"),
+                        m.name
+                    )));
+                }
+            }
+        }
+        Ok((plan, to_unload))
+    }
+
+    fn apply(
+        &mut self,
+        plan: &[PlannedModule],
+        to_unload: &[String],
+        fw: Option<&Path>,
+    ) -> Result<(), String> {
+        for name in to_unload {
+            self.unload_in_tree(name)?;
+        }
+        if let Some(src) = fw {
+            let t = Instant::now();
+            let c = firmware::install_firmware(src, self.node.firmware_dir)
+                .map_err(|e| e.to_string())?;
+            for s in &c.skipped {
+                warn!(
+                    "{}: firmware {s} is a symlink leaving the image's tree: not copied",
+                    self.label
+                );
+            }
+            match firmware::ensure_search_path(self.node.sysfs, self.node.firmware_dir) {
+                Ok(Some(old)) => info!(
+                    "{}: firmware search path set to {} (was {old:?})",
+                    self.label,
+                    self.node.firmware_dir.display()
+                ),
+                Ok(None) => {}
+                Err(e) => warn!("{}: {e}: the kernel may not find the firmware", self.label),
+            }
+            info!(
+                "{}: firmware installed in {}: {} written, {} unchanged in {:.1} ms",
+                self.label,
+                self.node.firmware_dir.display(),
+                c.written,
+                c.unchanged,
+                ms(t.elapsed())
+            );
+        }
+        for m in plan {
+            self.load_planned(m)?;
+        }
+        Ok(())
+    }
+
+    fn unload_in_tree(&mut self, name: &str) -> Result<(), String> {
+        let st = self
+            .k
+            .module_state(name)
+            .map_err(|e| format!("reading the state of module {name}: {e}"))?;
+        let Some(st) = st else { return Ok(()) };
+        if !st.holders.is_empty() {
+            return Err(format!(
+                "unloading in-tree {name}: used by {}; list those before it in inTreeModulesToRemove",
+                st.holders.join(", ")
+            ));
+        }
+        if st.refcnt > 0 {
+            return Err(format!(
+                "unloading in-tree {name}: in use (refcount {}) by something other than a module",
+                st.refcnt
+            ));
+        }
+        let d = self
+            .delete(name)
+            .map_err(|e| format!("unloading in-tree {name}: {e}"))?;
+        self.removed.push(name.to_owned());
+        info!("{}: unloaded in-tree {name} in {:.1} ms", self.label, ms(d));
+        Ok(())
+    }
+
+    fn load_planned(&mut self, m: &PlannedModule) -> Result<(), String> {
+        let version = m.info.as_ref().and_then(|i| i.version()).map(str::to_owned);
+        let srcversion = m
+            .info
+            .as_ref()
+            .and_then(|i| i.srcversion())
+            .map(str::to_owned);
+        let st = self
+            .k
+            .module_state(&m.name)
+            .map_err(|e| format!("reading the state of module {}: {e}", m.name))?;
+        let (already_loaded, load_us) = match st {
+            Some(st) if m.origin == Origin::InTree || st.builtin => {
+                debug!("{}: {} is already loaded", self.label, m.name);
+                (true, 0)
+            }
+            Some(st) if st.srcversion.is_some() && st.srcversion == srcversion => {
+                info!(
+                    "{}: {} already loaded (srcversion {}): nothing to do",
+                    self.label,
+                    m.name,
+                    st.srcversion.as_deref().unwrap_or_default()
+                );
+                (true, 0)
+            }
+            Some(st) => {
+                return Err(format!(
+                    "loading {}: a module of that name appeared with srcversion {}",
+                    m.name,
+                    st.srcversion.as_deref().unwrap_or("none")
+                ))
+            }
+            None => {
+                let d = self.load_with_retry(m)?;
+                self.loaded_by_us.push(m.name.clone());
+                info!(
+                    "{}: loaded {} {} srcversion {} from {} in {:.1} ms",
+                    self.label,
+                    m.name,
+                    version.as_deref().unwrap_or("(no version)"),
+                    srcversion.as_deref().unwrap_or("-"),
+                    match m.origin {
+                        Origin::Image => "image",
+                        Origin::InTree => "node",
+                    },
+                    ms(d)
+                );
+                (false, d.as_micros() as u64)
+            }
+        };
+        self.modules.push(ModuleStatus {
+            name: m.name.clone(),
+            version,
+            srcversion,
+            already_loaded,
+            load_us,
+        });
+        Ok(())
+    }
+
+    /// Loads, and when udev loaded the in-tree module again meanwhile (EEXIST for a module
+    /// this run removed), unloads that and tries again.
+    fn load_with_retry(&mut self, m: &PlannedModule) -> Result<Duration, String> {
+        let mut attempt = 0;
+        loop {
+            match self.load_file(&m.name, &m.path, &m.params) {
+                Err((Errno::EEXIST, _))
+                    if self.removed.contains(&m.name) && attempt < EEXIST_RETRIES =>
+                {
+                    attempt += 1;
+                    warn!(
+                        "{}: in-tree {} was loaded again (udev?): unloading it again",
+                        self.label, m.name
+                    );
+                    self.delete(&m.name)
+                        .map_err(|e| format!("unloading in-tree {} again: {e}", m.name))?;
+                }
+                Err((_, e)) => {
+                    return Err(format!("loading {} ({}): {e}", m.name, m.path.display()))
+                }
+                Ok(d) => return Ok(d),
+            }
+        }
+    }
+
+    /// `finit_module`, or for a compressed file the kernel cannot decompress, userspace
+    /// decompression and `init_module`.
+    fn load_file(
+        &mut self,
+        name: &str,
+        path: &Path,
+        params: &str,
+    ) -> Result<Duration, (Errno, String)> {
+        let file = File::open(path).map_err(|e| {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            (errno, format!("opening {}: {e}", path.display()))
+        })?;
+        let cparams = CString::new(params)
+            .map_err(|_| (Errno::EINVAL, "parameters hold a NUL byte".to_string()))?;
+        let compression = Compression::of(path);
+        let compressed = compression != Compression::None;
+        let t = Instant::now();
+        let mut r = self.k.finit_module(&file, &cparams, compressed);
+        let mut d = t.elapsed();
+        if compressed && matches!(r, Err(Errno::EINVAL | Errno::EOPNOTSUPP)) {
+            debug!(
+                "{}: the kernel cannot decompress {}: decompressing it here",
+                self.label,
+                path.display()
+            );
+            let image = decompress::read_module(path).map_err(|e| {
+                (
+                    Errno::EINVAL,
+                    format!("decompressing {}: {e}", path.display()),
+                )
+            })?;
+            let t = Instant::now();
+            r = self.k.init_module(&image, &cparams);
+            d += t.elapsed();
+        }
+        self.kernel += d;
+        match r {
+            Ok(()) => Ok(d),
+            Err(errno) => {
+                let symbols = self.k.unknown_symbols(name);
+                Err((errno, explain_load_error(errno, path, &symbols)))
+            }
+        }
+    }
+
+    /// `delete_module`, timed; not loaded counts as done.
+    fn delete(&mut self, name: &str) -> Result<Duration, String> {
+        let t = Instant::now();
+        let r = self.k.delete_module(name);
+        let d = t.elapsed();
+        self.kernel += d;
+        match r {
+            Ok(()) | Err(Errno::ENOENT) => Ok(d),
+            Err(e) => Err(explain_unload_error(e, name)),
+        }
+    }
+
+    /// Unloads what this run loaded (last first), then loads back the in-tree modules it
+    /// removed (last removed first), with their dependencies from the node.
+    fn rollback(&mut self) -> Result<(), String> {
+        let mut errors = vec![];
+        let mut stuck = vec![];
+        for name in std::mem::take(&mut self.loaded_by_us).into_iter().rev() {
+            match self.delete(&name) {
+                Ok(_) => info!("{}: rollback: unloaded {name}", self.label),
+                Err(e) => {
+                    errors.push(format!("unloading {name}: {e}"));
+                    stuck.push(name);
+                }
+            }
+        }
+        for name in self.removed.clone().into_iter().rev() {
+            if stuck.contains(&name) {
+                errors.push(format!(
+                    "in-tree {name} cannot be loaded back: the out-of-tree {name} is still loaded"
+                ));
+                continue;
+            }
+            let present = |n: &str| self.is_present(n);
+            let mut r = Resolver::new(None, self.node.in_tree, self.node.kernel_release, &present);
+            let plan = match r.add_in_tree(&name) {
+                Ok(()) => r.finish(),
+                Err(e) => {
+                    errors.push(format!("loading back in-tree {name}: {e}"));
+                    continue;
+                }
+            };
+            for m in plan {
+                if self.is_present(&m.name) {
+                    continue;
+                }
+                match self.load_file(&m.name, &m.path, "") {
+                    Ok(d) => info!(
+                        "{}: rollback: loaded back in-tree {} in {:.1} ms",
+                        self.label,
+                        m.name,
+                        ms(d)
+                    ),
+                    Err((_, e)) => errors.push(format!("loading back in-tree {}: {e}", m.name)),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Milliseconds, for log lines.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{FakeKernel, Fixture, KVER};
+
+    /// Node: in-tree ice (xz) needing dpll (zst); ice loaded. Image: ice needing dpll.
+    fn ice_node() -> (Fixture, FakeKernel) {
+        let f = Fixture::new();
+        f.node_module("dpll", "kernel/drivers/dpll/dpll.ko.zst", &[]);
+        f.node_module("ice", "kernel/drivers/net/ice.ko.xz", &["dpll"]);
+        f.image_module("ice", "SRC-OOT", &["dpll"]);
+        f.image_dep("ice.ko:\n");
+        let mut k = FakeKernel::new();
+        k.preload("ice", "INTREE-ice");
+        (f, k)
+    }
+
+    fn swap(f: &Fixture, k: &mut FakeKernel, set: &ModuleSet, fw: Option<&Path>) -> SwapResult {
+        let in_tree = ModuleIndex::in_tree(f.node_dir());
+        let image = ModuleIndex::image(f.image_dir());
+        let fw_dir = f.firmware_dir();
+        let sysfs = f.sysfs();
+        let node = Node {
+            kernel_release: KVER,
+            in_tree: &in_tree,
+            sysfs: &sysfs,
+            firmware_dir: &fw_dir,
+        };
+        swap_set(
+            k,
+            node,
+            SetInput {
+                label: "cfg/s1",
+                set,
+                image: &image,
+                firmware: fw,
+            },
+        )
+    }
+
+    fn snapshot(k: &FakeKernel) -> Vec<(String, Option<String>)> {
+        k.loaded
+            .iter()
+            .map(|(n, m)| (n.clone(), m.srcversion.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn swaps_the_in_tree_module_with_dependencies_first() {
+        let (f, mut k) = ice_node();
+        let mut set = f.set(&["ice"], &["ice"]);
+        set.modules[0].parameters = vec!["debug=1".parse().unwrap()];
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.error, None);
+        assert_eq!(r.state, SetState::Loaded);
+        assert_eq!(k.calls, ["unload ice", "load dpll", "load ice"]);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+        assert_eq!(k.loaded["ice"].params, "debug=1");
+        assert_eq!(k.loaded["dpll"].params, "");
+        assert_eq!(r.removed_in_tree, ["ice"]);
+        let names: Vec<_> = r
+            .modules
+            .iter()
+            .map(|m| (m.name.as_str(), m.already_loaded))
+            .collect();
+        assert_eq!(names, [("dpll", false), ("ice", false)]);
+        assert_eq!(r.modules[1].version.as_deref(), Some("1.0-ice"));
+        assert_eq!(r.modules[1].srcversion.as_deref(), Some("SRC-OOT"));
+        assert!(!r.rolled_back);
+    }
+
+    #[test]
+    fn a_second_run_changes_nothing() {
+        let (f, mut k) = ice_node();
+        let set = f.set(&["ice"], &["ice"]);
+        assert_eq!(swap(&f, &mut k, &set, None).state, SetState::Loaded);
+        let before = snapshot(&k);
+        k.calls.clear();
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert!(k.calls.is_empty(), "{:?}", k.calls);
+        assert!(r.modules.iter().all(|m| m.already_loaded));
+        assert!(r.removed_in_tree.is_empty());
+        assert_eq!(snapshot(&k), before);
+    }
+
+    #[test]
+    fn compressed_node_modules_load_without_in_kernel_decompression() {
+        let (f, mut k) = ice_node();
+        k.in_kernel_decompress = false;
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        // dpll.ko.zst: finit refused (EOPNOTSUPP), then decompressed here and init_module.
+        assert_eq!(k.calls, ["unload ice", "init dpll", "load ice"]);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+    }
+
+    #[test]
+    fn rolls_back_after_a_failure_at_each_step() {
+        type Setup = fn(&Fixture, &mut FakeKernel);
+        let steps: &[(&str, Setup, &str)] = &[
+            ("loading a dependency", |_, k| k.fail_load("dpll", Errno::ENOMEM), "loading dpll"),
+            (
+                "loading the module",
+                |_, k| k.fail_load("ice", Errno::EKEYREJECTED),
+                "signature rejected: Secure Boot needs modules signed with an enrolled key (mokutil)",
+            ),
+            ("a wrong kernel", |_, k| k.fail_load("ice", Errno::ENOEXEC), "invalid module format: built for another kernel?"),
+            (
+                "unloading the second in-tree module",
+                |_, k| k.fail_unload("ice", Errno::EBUSY),
+                "ice is in use",
+            ),
+            (
+                "installing firmware",
+                |f, _| std::fs::write(f.firmware_dir(), b"not a directory").unwrap(),
+                "installing firmware",
+            ),
+        ];
+        for (step, setup, want) in steps {
+            let (f, mut k) = ice_node();
+            // A second in-tree module removed first, to see both come back.
+            f.node_module("ice_aux", "kernel/ice_aux.ko", &[]);
+            k.preload("ice_aux", "INTREE-ice_aux");
+            let fw = f.image_firmware();
+            std::fs::create_dir_all(&fw).unwrap();
+            std::fs::write(fw.join("ice.pkg"), b"pkg").unwrap();
+            setup(&f, &mut k);
+            let before = snapshot(&k);
+            let r = swap(&f, &mut k, &f.set(&["ice"], &["ice_aux", "ice"]), Some(&fw));
+            assert_eq!(r.state, SetState::Failed, "{step}");
+            assert!(r.rolled_back && !r.rollback_failed, "{step}: {:?}", r.error);
+            let e = r.error.unwrap();
+            assert!(e.contains(want), "{step}: {e}");
+            // Back to where it was: the in-tree modules, nothing of the image.
+            assert_eq!(
+                snapshot(&k)
+                    .into_iter()
+                    .filter(|(n, _)| n != "dpll")
+                    .collect::<Vec<_>>(),
+                before,
+                "{step}: {:?}",
+                k.calls
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_rollback_is_reported() {
+        let (f, mut k) = ice_node();
+        k.fail_load("ice", Errno::ENOEXEC); // the image's ice
+        k.fail_load("ice", Errno::ENOMEM); // the in-tree ice, loaded back
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Failed);
+        assert!(r.rolled_back && r.rollback_failed);
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("invalid module format")
+                && e.contains("rollback failed: loading back in-tree ice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn holders_are_checked_before_anything_is_touched() {
+        let (f, mut k) = ice_node();
+        f.node_module("irdma", "kernel/irdma.ko.xz", &["ice"]);
+        k.loaded
+            .get_mut("ice")
+            .unwrap()
+            .holders
+            .insert("irdma".into());
+        k.loaded.get_mut("ice").unwrap().refcnt = 1;
+        k.preload("irdma", "INTREE-irdma");
+        k.loaded.get_mut("irdma").unwrap().deps = vec!["ice".into()];
+        let before = snapshot(&k);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("ice is used by irdma: list irdma before ice"),
+            "{e}"
+        );
+        assert!(k.calls.is_empty());
+        assert!(!r.rolled_back);
+        assert_eq!(snapshot(&k), before);
+
+        // Listed in order: irdma goes first; a failure brings both back, ice first.
+        k.fail_load("ice", Errno::ENOEXEC);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["irdma", "ice"]), None);
+        assert!(r.rolled_back && !r.rollback_failed, "{:?}", r.error);
+        assert_eq!(
+            k.calls,
+            [
+                "unload irdma",
+                "unload ice",
+                "load dpll",
+                "load ice",
+                "unload dpll",
+                // in-tree ice needs dpll too, per the node's modules.dep
+                "load dpll",
+                "load ice",
+                "load irdma"
+            ]
+        );
+        assert_eq!(
+            snapshot(&k)
+                .into_iter()
+                .filter(|(n, _)| n != "dpll")
+                .collect::<Vec<_>>(),
+            before
+        );
+    }
+
+    #[test]
+    fn preflight_refuses_what_cannot_work() {
+        // Built for another kernel: the in-tree ice stays.
+        let (f, mut k) = ice_node();
+        f.image_module_with(
+            "ice",
+            &[
+                ("name", "ice"),
+                ("srcversion", "X"),
+                ("vermagic", "6.2.0 SMP "),
+            ],
+        );
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert!(r.error.unwrap().contains("preflight: module ice"));
+        assert!(k.calls.is_empty());
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+
+        // Loaded with another srcversion and not listed for removal.
+        let (f, mut k) = ice_node();
+        let r = swap(&f, &mut k, &f.set(&["ice"], &[]), None);
+        let e = r.error.unwrap();
+        assert!(e.contains("already loaded with srcversion INTREE-ice, the image has SRC-OOT: add ice to inTreeModulesToRemove"), "{e}");
+        assert!(k.calls.is_empty());
+
+        // Built into the kernel.
+        let (f, mut k) = ice_node();
+        k.loaded.remove("ice");
+        k.builtin.insert("ice".into());
+        let e = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None)
+            .error
+            .unwrap();
+        assert!(e.contains("built into the kernel"), "{e}");
+
+        // Not loaded at all is fine.
+        let (f, mut k) = ice_node();
+        k.loaded.clear();
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert!(r.removed_in_tree.is_empty());
+    }
+
+    #[test]
+    fn udev_reloading_the_in_tree_module_is_retried() {
+        let (f, mut k) = ice_node();
+        k.fail_load("ice", Errno::EEXIST);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(
+            k.calls,
+            [
+                "unload ice",
+                "load dpll",
+                "load ice",
+                "unload ice",
+                "load ice"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_symbols_are_named() {
+        let (f, mut k) = ice_node();
+        // depmod's modules.builtin says so, the kernel disagrees: the symbol is missing.
+        f.image_module("ice", "SRC-OOT", &["dpll", "ghost"]);
+        f.node_builtin("ghost");
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        let e = r.error.unwrap();
+        assert!(e.contains("unknown symbol ghost_symbol"), "{e}");
+        assert!(r.rolled_back);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+    }
+
+    #[test]
+    fn missing_files_name_their_path() {
+        let (f, mut k) = ice_node();
+        let p = f.node_dir().join("kernel/drivers/dpll/dpll.ko.zst");
+        std::fs::remove_file(&p).unwrap();
+        let e = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None)
+            .error
+            .unwrap();
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        assert!(k.calls.is_empty(), "preflight catches it: {:?}", k.calls);
+    }
+}
