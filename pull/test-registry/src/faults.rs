@@ -105,6 +105,11 @@ impl Fault {
         matches!(self, Self::WrongDigestHeader)
     }
 
+    /// A rule firing this fault on every request (narrow it with [`FaultRule::times`] etc.).
+    pub fn everywhere(self) -> FaultRule {
+        FaultRule::from(self)
+    }
+
     /// Short name, as written in the request log.
     pub(crate) fn name(&self) -> &'static str {
         match self {

@@ -205,12 +205,14 @@ enum Entry {
 /// A layer under construction: tar entries in order, and a compression.
 ///
 /// Paths are written as given (the tar crate refuses `..` and absolute ones: use
-/// [`Layer::raw`] for those). Parent directories are not added implicitly; add them with
-/// [`Layer::dir`] when a test wants them.
+/// [`Layer::raw`] for those). Parent directories are only written when added with
+/// [`Layer::dir`], or for every entry with [`Layer::with_parent_dirs`] (as image builders
+/// do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Layer {
     entries: Vec<Entry>,
     compression: Compression,
+    parent_dirs: bool,
 }
 
 impl Layer {
@@ -222,6 +224,13 @@ impl Layer {
     /// Sets the compression.
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
+        self
+    }
+
+    /// Writes a directory entry for each missing parent of an entry, just before the first
+    /// entry that needs it (raw entries excepted).
+    pub fn with_parent_dirs(mut self) -> Self {
+        self.parent_dirs = true;
         self
     }
 
@@ -304,17 +313,24 @@ impl Layer {
     }
 
     fn build_for(&self, docker: bool) -> io::Result<BuiltLayer> {
+        let with_parents;
+        let entries = if self.parent_dirs {
+            with_parents = add_parent_dirs(&self.entries);
+            &with_parents
+        } else {
+            &self.entries
+        };
         let (bytes, diff_id) = match self.compression {
             Compression::None => {
-                let (bytes, diff_id) = write_tar(&self.entries, Vec::new())?;
+                let (bytes, diff_id) = write_tar(entries, Vec::new())?;
                 (bytes, diff_id)
             }
             Compression::Gzip => {
                 let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                let (gz, diff_id) = write_tar(&self.entries, gz)?;
+                let (gz, diff_id) = write_tar(entries, gz)?;
                 (gz.finish()?, diff_id)
             }
-            Compression::Zstd => zstd_tar(&self.entries)?,
+            Compression::Zstd => zstd_tar(entries)?,
         };
         Ok(BuiltLayer {
             media_type: self.compression.media_type(docker).to_owned(),
@@ -323,6 +339,41 @@ impl Layer {
             bytes,
         })
     }
+}
+
+/// `entries` with a directory entry inserted before each entry whose parents were not
+/// written yet.
+fn add_parent_dirs(entries: &[Entry]) -> Vec<Entry> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let path = match entry {
+            Entry::File { path, .. }
+            | Entry::Dir { path }
+            | Entry::Symlink { path, .. }
+            | Entry::Hardlink { path, .. }
+            | Entry::Zeros { path, .. }
+            | Entry::Random { path, .. } => path.trim_end_matches('/'),
+            Entry::Raw(_) => {
+                out.push(entry.clone());
+                continue;
+            }
+        };
+        let components: Vec<&str> = path.split('/').collect();
+        for i in 1..components.len() {
+            let parent = components[..i].join("/");
+            if !parent.is_empty() && seen.insert(parent.clone()) {
+                out.push(Entry::Dir {
+                    path: format!("{parent}/"),
+                });
+            }
+        }
+        if matches!(entry, Entry::Dir { .. }) && !seen.insert(path.to_owned()) {
+            continue;
+        }
+        out.push(entry.clone());
+    }
+    out
 }
 
 /// Writes the tar stream of `entries` into `out`; returns `out` and the stream's digest.
@@ -747,6 +798,32 @@ mod tests {
             assert_eq!(e[3].1, tar::EntryType::Link);
             assert!(e[4].0.len() > 100, "GNU long names work");
         }
+    }
+
+    #[test]
+    fn parent_dirs_are_added_once_before_use() {
+        let layer = Layer::new()
+            .with_parent_dirs()
+            .compression(Compression::None)
+            .file("opt/lib/modules/6.1.0/a.ko", b"a".to_vec())
+            .dir("opt/lib/modules/6.1.0/")
+            .file("opt/lib/modules/6.1.0/b.ko", b"b".to_vec())
+            .symlink("opt/lib/firmware", "../firmware")
+            .build()
+            .unwrap();
+        let names: Vec<String> = entries(&layer.bytes).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            [
+                "opt/",
+                "opt/lib/",
+                "opt/lib/modules/",
+                "opt/lib/modules/6.1.0/",
+                "opt/lib/modules/6.1.0/a.ko",
+                "opt/lib/modules/6.1.0/b.ko",
+                "opt/lib/firmware",
+            ]
+        );
     }
 
     #[test]

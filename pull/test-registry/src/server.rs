@@ -145,7 +145,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream,
 /// Decides the answer to `request`: faults, authentication, routing; logs it.
 fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
     let mut state = shared.lock();
-    let mut fired = fire(&mut state, request, None);
+    let mut fired = fire(&mut state, request, Stage::BeforeRouting);
 
     let replaced = fired.iter().find_map(|f| match f {
         Fault::Status {
@@ -174,7 +174,7 @@ fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
                 Origin::BlobStore => blob_store(&state, request),
             };
             if (200..300).contains(&response.status) {
-                let on_success = fire(&mut state, request, Some(&response));
+                let on_success = fire(&mut state, request, Stage::OnSuccess);
                 for fault in &on_success {
                     alter(&mut response, fault);
                 }
@@ -221,17 +221,24 @@ fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
     plan
 }
 
-/// Fires the rules of one stage: with `success` `None`, those acting before routing
-/// (status, drop, delay) on any matching request; with the successful response the registry
-/// is about to send, those acting on a response, on the requests where they have something
-/// to act on (a body for most: not on HEAD).
-fn fire(state: &mut State, request: &Request, success: Option<&Response>) -> Vec<Fault> {
+/// When faults are considered.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Before routing: status, drop and delay, on any matching request.
+    BeforeRouting,
+    /// With a 2xx answer in hand: the faults altering it, on the requests where they have
+    /// something to alter (a body for most: not on HEAD).
+    OnSuccess,
+}
+
+/// Fires the matching rules of `stage`.
+fn fire(state: &mut State, request: &Request, stage: Stage) -> Vec<Fault> {
     state
         .rules
         .iter_mut()
-        .filter(|r| match success {
-            None => r.rule.fault.acts_before_routing(),
-            Some(_) => {
+        .filter(|r| match stage {
+            Stage::BeforeRouting => r.rule.fault.acts_before_routing(),
+            Stage::OnSuccess => {
                 !r.rule.fault.acts_before_routing()
                     && (request.method == "GET" || r.rule.fault.acts_on_head())
             }
@@ -330,8 +337,18 @@ pub(crate) fn error_response(status: u16, code: &str, message: &str) -> Response
     }))
 }
 
-/// The read side of the distribution API.
+/// The read side of the distribution API. Every `/v2/` answer, 401 challenges included,
+/// says `Docker-Distribution-API-Version` (Docker's clients look for it on the 401).
 fn route(state: &mut State, shared: &Shared, request: &Request) -> Response {
+    let response = route_unversioned(state, shared, request);
+    if request.path.starts_with("/v2/") {
+        response.header("Docker-Distribution-API-Version", "registry/2.0")
+    } else {
+        response
+    }
+}
+
+fn route_unversioned(state: &mut State, shared: &Shared, request: &Request) -> Response {
     let base_url = shared.base_url.as_str();
     if request.path == auth::TOKEN_PATH {
         let State { auth, tokens, .. } = state;
@@ -350,9 +367,7 @@ fn route(state: &mut State, shared: &Shared, request: &Request) -> Response {
     if rest.is_empty() {
         return match auth::check(&state.auth, &state.tokens, base_url, request, None) {
             Verdict::Challenge(response) => response,
-            Verdict::Allowed => Response::new(200)
-                .header("Docker-Distribution-API-Version", "registry/2.0")
-                .json(&json!({})),
+            Verdict::Allowed => Response::new(200).json(&json!({})),
         };
     }
 
@@ -379,15 +394,14 @@ fn route(state: &mut State, shared: &Shared, request: &Request) -> Response {
         return error_response(404, "NAME_UNKNOWN", "repository name not known to registry");
     };
     let reference = crate::http::percent_decode(reference);
-    let response = match kind {
+    match kind {
         "manifest" => manifest(repository, &reference),
         "blob" => blob(state, shared, repository, &reference, request),
         _ => Response::new(200).json(&json!({
             "name": name,
             "tags": repository.tags.keys().collect::<Vec<_>>(),
         })),
-    };
-    response.header("Docker-Distribution-API-Version", "registry/2.0")
+    }
 }
 
 fn manifest(repository: &Repository, reference: &str) -> Response {

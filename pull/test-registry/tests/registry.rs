@@ -731,6 +731,10 @@ fn bearer_token_flow() {
     // /v2/ challenges without a scope; basic credentials are no substitute for a token.
     let base = get(registry.addr(), "/v2/");
     assert_eq!(base.status, 401);
+    assert_eq!(
+        base.header("Docker-Distribution-API-Version"),
+        Some("registry/2.0")
+    );
     assert!(!base.header("WWW-Authenticate").unwrap().contains("scope"));
     let basic = basic_authorization("puller", "s3cret");
     assert_eq!(
