@@ -1,2 +1,4 @@
 // SPDX-License-Identifier: Apache-2.0
-fn main() {}
+fn main() {
+    std::process::exit(kmod_day1_pull::main_exit_code());
+}

@@ -1,0 +1,786 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The registry side: one HTTP client per registry host (its CAs from certs.d, proxy from
+//! the environment, plain HTTP when registries.conf says `insecure`), manifests resolved to
+//! this machine's platform and verified, blobs streamed to disk and verified.
+//!
+//! oci-client does the token dance (the `WWW-Authenticate` bearer realm flow, with the pull
+//! secret's credentials); the GETs themselves go through the same reqwest client stack here
+//! because retries need the status and `Retry-After` of each answer, and resuming a cut
+//! download needs `Range`, neither of which oci-client exposes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt as _;
+use kmod_day1_contract::ImageRef;
+use serde::Deserialize;
+
+use crate::auth::Credential;
+use crate::progress::Progress;
+use crate::retry::parse_retry_after;
+use crate::verify::{Digest, Hasher};
+
+/// Largest manifest or index accepted.
+pub const MAX_MANIFEST: usize = 4 << 20;
+/// Most layers accepted in an image.
+pub const MAX_LAYERS: usize = 256;
+
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Network settings shared by every registry.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// `/etc/containers/certs.d`: `<host[:port]>/*.crt` are extra CAs for that registry.
+    pub certs_dir: PathBuf,
+    /// Timeout to establish a connection.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading an answer.
+    pub read_timeout: Duration,
+    /// `HTTPS_PROXY`.
+    pub https_proxy: Option<String>,
+    /// `HTTP_PROXY` (for insecure registries).
+    pub http_proxy: Option<String>,
+    /// `NO_PROXY`.
+    pub no_proxy: Option<String>,
+}
+
+impl NetConfig {
+    /// Reads the proxy variables (upper or lower case, as curl does).
+    pub fn with_proxy_env(mut self) -> Self {
+        let var = |n: &str| {
+            std::env::var(n.to_ascii_uppercase())
+                .or_else(|_| std::env::var(n))
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
+        self.https_proxy = var("https_proxy");
+        self.http_proxy = var("http_proxy");
+        self.no_proxy = var("no_proxy");
+        self
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Connection, TLS, timeout or a cut body.
+    #[error("{what}: {message}")]
+    Transport {
+        /// What was being done.
+        what: String,
+        /// The cause chain.
+        message: String,
+    },
+    /// A non-success HTTP status.
+    #[error("{url} answered HTTP {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Status {
+        /// The request.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// The start of the body (registry error JSON).
+        message: String,
+    },
+    /// Credentials refused or missing.
+    #[error("authenticating to {registry}: {message}")]
+    Auth {
+        /// Registry host.
+        registry: String,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// Content that does not match its digest.
+    #[error("{what}: digest mismatch, expected {expected}, got {actual}; the registry or something between is serving wrong content")]
+    Digest {
+        /// Which content.
+        what: String,
+        /// From the manifest or reference.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// An answer that breaks the distribution spec or this tool's limits.
+    #[error("{0}")]
+    Invalid(String),
+    /// A local file could not be written.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The retry budget ran out.
+    #[error("{0}")]
+    Budget(String),
+}
+
+impl FetchError {
+    /// Whether trying again may help.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The server's `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn transport(what: impl Into<String>, e: &dyn std::error::Error) -> Self {
+        Self::Transport {
+            what: what.into(),
+            message: error_chain(e),
+        }
+    }
+}
+
+/// `e: cause: cause` in one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// HTTP clients for one registry host.
+pub struct HostClient {
+    host: String,
+    api_host: String,
+    scheme: &'static str,
+    http: reqwest::Client,
+    oci: oci_client::Client,
+}
+
+fn ca_files(certs_dir: &Path, host: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(certs_dir.join(host))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl HostClient {
+    /// A client for `host` (`name[:port]`).
+    pub fn new(host: &str, insecure: bool, net: &NetConfig) -> Result<Self, FetchError> {
+        let bad = |m: String| FetchError::Invalid(format!("setting up the client for {host}: {m}"));
+        let mut certs = vec![];
+        let mut oci_certs = vec![];
+        for f in ca_files(&net.certs_dir, host) {
+            let pem =
+                std::fs::read(&f).map_err(|e| bad(format!("reading {}: {e}", f.display())))?;
+            certs.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                bad(format!(
+                    "{} is not a PEM certificate bundle: {e}",
+                    f.display()
+                ))
+            })?);
+            oci_certs.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem,
+            });
+        }
+        let no_proxy = net
+            .no_proxy
+            .as_deref()
+            .and_then(reqwest::NoProxy::from_string);
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(net.connect_timeout)
+            .read_timeout(net.read_timeout)
+            .user_agent(concat!("kmod-day1-pull/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        if let Some(p) = &net.https_proxy {
+            b = b.proxy(
+                reqwest::Proxy::https(p)
+                    .map_err(|e| bad(format!("HTTPS_PROXY {p:?}: {e}")))?
+                    .no_proxy(no_proxy.clone()),
+            );
+        }
+        if let Some(p) = &net.http_proxy {
+            b = b.proxy(
+                reqwest::Proxy::http(p)
+                    .map_err(|e| bad(format!("HTTP_PROXY {p:?}: {e}")))?
+                    .no_proxy(no_proxy),
+            );
+        }
+        if !certs.is_empty() {
+            b = b.tls_certs_merge(certs);
+        }
+        let http = b.build().map_err(|e| bad(error_chain(&e)))?;
+        let oci_cfg = oci_client::client::ClientConfig {
+            protocol: if insecure {
+                oci_client::client::ClientProtocol::Http
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            extra_root_certificates: oci_certs,
+            connect_timeout: Some(net.connect_timeout),
+            read_timeout: Some(net.read_timeout),
+            https_proxy: net.https_proxy.clone(),
+            http_proxy: net.http_proxy.clone(),
+            no_proxy: net.no_proxy.clone(),
+            platform_resolver: None,
+            ..Default::default()
+        };
+        let oci = oci_client::Client::try_from(oci_cfg).map_err(|e| bad(error_chain(&e)))?;
+        // Docker Hub's API lives on another name than its references.
+        let api_host = if host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            host
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            api_host: api_host.to_owned(),
+            scheme: if insecure { "http" } else { "https" },
+            http,
+            oci,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum AuthState {
+    Anonymous,
+    Basic,
+    Bearer(String),
+}
+
+/// A layer of a resolved image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDesc {
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+}
+
+/// An image resolved to one platform manifest.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// Digest of the platform manifest (what refs record).
+    pub manifest_digest: Digest,
+    /// Digest of the index, when the reference pointed at one.
+    pub index_digest: Option<Digest>,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerDesc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<u32>,
+    media_type: Option<String>,
+    manifests: Option<Vec<RawDesc>>,
+    layers: Option<Vec<RawDesc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDesc {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    platform: Option<RawPlatform>,
+}
+
+#[derive(Deserialize)]
+struct RawPlatform {
+    architecture: String,
+    os: String,
+}
+
+/// This machine's architecture in OCI terms.
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// A blob download that survives retries: bytes already on disk are kept and the rest
+/// asked for with `Range`.
+pub struct BlobDownload {
+    path: PathBuf,
+    file: File,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl BlobDownload {
+    /// Creates (truncates) `path`.
+    pub fn create(path: PathBuf) -> Result<Self, FetchError> {
+        let file = Self::open(&path)?;
+        Ok(Self {
+            path,
+            file,
+            hasher: Hasher::new(),
+            written: 0,
+        })
+    }
+
+    fn open(path: &Path) -> Result<File, FetchError> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|source| FetchError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    fn reset(&mut self) -> Result<(), FetchError> {
+        self.file = Self::open(&self.path)?;
+        self.hasher = Hasher::new();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// The file, once complete and verified.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// One image repository on one registry, with its credentials.
+pub struct Repo<'a> {
+    client: &'a HostClient,
+    image: ImageRef,
+    cred: Option<Credential>,
+    auth: AuthState,
+    deadline: Instant,
+}
+
+impl<'a> Repo<'a> {
+    /// `image` (its registry must be `client`'s host), with optional credentials; no
+    /// request goes past `deadline`.
+    pub fn new(
+        client: &'a HostClient,
+        image: ImageRef,
+        cred: Option<Credential>,
+        deadline: Instant,
+    ) -> Self {
+        // Start anonymous even with credentials: the first 401 says which scheme to use.
+        Self {
+            client,
+            image,
+            cred,
+            auth: AuthState::Anonymous,
+            deadline,
+        }
+    }
+
+    /// The registry host.
+    pub fn host(&self) -> &str {
+        &self.client.host
+    }
+
+    fn url(&self, kind: &str, reference: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{reference}",
+            self.client.scheme, self.client.api_host, self.image.repository
+        )
+    }
+
+    async fn authenticate(&mut self) -> Result<(), FetchError> {
+        let reference = oci_client::Reference::try_from(self.image.to_string())
+            .map_err(|e| FetchError::Invalid(format!("reference {}: {e}", self.image)))?;
+        let auth = match &self.cred {
+            Some(c) => {
+                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+        };
+        let res = tokio::time::timeout_at(
+            self.deadline.into(),
+            self.client
+                .oci
+                .auth(&reference, &auth, oci_client::RegistryOperation::Pull),
+        )
+        .await
+        .map_err(|_| {
+            FetchError::Budget(format!(
+                "the retry budget ran out while authenticating to {}",
+                self.client.host
+            ))
+        })?;
+        let registry = self.client.host.clone();
+        match res {
+            Ok(Some(token)) => self.auth = AuthState::Bearer(token),
+            Ok(None) if self.cred.is_some() => self.auth = AuthState::Basic,
+            Ok(None) => {
+                return Err(FetchError::Auth {
+                    registry,
+                    message: "the registry wants credentials and the pull secret has none for it; add an entry to the pull secret".into(),
+                })
+            }
+            Err(oci_client::errors::OciDistributionError::RequestError(e)) => {
+                return Err(FetchError::transport(format!("authenticating to {registry}"), &e))
+            }
+            Err(oci_client::errors::OciDistributionError::AuthenticationFailure(m)) => {
+                return Err(FetchError::Auth {
+                    registry,
+                    message: format!(
+                        "the token service refused the credentials ({}); check the pull secret",
+                        m.chars().take(200).collect::<String>().trim()
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(FetchError::Auth {
+                    registry,
+                    message: error_chain(&e),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// GET with authentication (once more after a 401), a non-success status as an error.
+    async fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        from: u64,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut reauthed = false;
+        loop {
+            let mut req = self.client.http.get(url);
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if from > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+            }
+            req = match (&self.auth, &self.cred) {
+                (AuthState::Bearer(t), _) => req.bearer_auth(t),
+                (AuthState::Basic, Some(c)) => req.basic_auth(&c.username, Some(&c.password)),
+                _ => req,
+            };
+            let resp = tokio::time::timeout_at(self.deadline.into(), req.send())
+                .await
+                .map_err(|_| {
+                    FetchError::Budget(format!("the retry budget ran out while requesting {url}"))
+                })?
+                .map_err(|e| FetchError::transport(format!("requesting {url}"), &e))?;
+            let status = resp.status().as_u16();
+            if status == 401 && !reauthed {
+                reauthed = true;
+                self.authenticate().await?;
+                continue;
+            }
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let body = resp.text().await.unwrap_or_default();
+            let mut message: String = body.chars().filter(|c| !c.is_control()).take(300).collect();
+            if status == 401 || status == 403 {
+                message = format!(
+                    "{message} (access denied: check the pull secret's entry for {})",
+                    self.client.host
+                );
+            }
+            return Err(FetchError::Status {
+                url: url.to_owned(),
+                status,
+                retry_after,
+                message: message.trim().to_owned(),
+            });
+        }
+    }
+
+    async fn next_chunk(
+        &self,
+        stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+        url: &str,
+    ) -> Result<Option<bytes::Bytes>, FetchError> {
+        match tokio::time::timeout_at(self.deadline.into(), stream.next()).await {
+            Err(_) => Err(FetchError::Budget(format!(
+                "the retry budget ran out while reading {url}"
+            ))),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(b))) => Ok(Some(b)),
+            Ok(Some(Err(e))) => Err(FetchError::transport(format!("reading {url}"), &e)),
+        }
+    }
+
+    /// Fetches a manifest by tag or digest; checks it against a digest reference and
+    /// against the registry's `Docker-Content-Digest`.
+    pub async fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, Digest), FetchError> {
+        let url = self.url("manifests", reference);
+        let resp = self.get(&url, Some(ACCEPT_MANIFESTS), 0).await?;
+        let header = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut stream = resp.bytes_stream();
+        let mut body = vec![];
+        while let Some(chunk) = self.next_chunk(&mut stream, &url).await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_MANIFEST {
+                return Err(FetchError::Invalid(format!(
+                    "{url}: manifest larger than {MAX_MANIFEST} bytes"
+                )));
+            }
+        }
+        let digest = Digest::of(&body);
+        let what = format!("manifest {}", self.image.name());
+        if let Ok(expected) = Digest::parse(reference) {
+            if expected != digest {
+                return Err(FetchError::Digest {
+                    what: format!("{what}@{reference}"),
+                    expected: expected.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        if let Some(h) = header.filter(|h| h.starts_with("sha256:")) {
+            if h != digest.as_str() {
+                return Err(FetchError::Digest {
+                    what: format!("{what}:{reference} (Docker-Content-Digest header)"),
+                    expected: h,
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        Ok((body, digest))
+    }
+
+    /// Resolves the reference (tag or digest) to this platform's image manifest.
+    pub async fn resolve(&mut self) -> Result<ResolvedImage, FetchError> {
+        let reference = self
+            .image
+            .digest
+            .clone()
+            .or_else(|| self.image.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        let (body, digest) = self.manifest(&reference).await?;
+        let m = parse_manifest(&body, &self.image)?;
+        if let Some(list) = m.manifests {
+            let arch = oci_arch();
+            let entry = list
+                .iter()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                })
+                .ok_or_else(|| {
+                    FetchError::Invalid(format!(
+                        "image index {} has no linux/{arch} manifest",
+                        self.image
+                    ))
+                })?;
+            let want = Digest::parse(&entry.digest)
+                .map_err(|e| FetchError::Invalid(format!("image index {}: {e}", self.image)))?;
+            let (body, got) = self.manifest(want.as_str()).await?;
+            if entry.size >= 0 && body.len() as u64 != entry.size as u64 {
+                return Err(FetchError::Invalid(format!(
+                    "manifest {want} of {} is {} bytes, the index says {}",
+                    self.image,
+                    body.len(),
+                    entry.size
+                )));
+            }
+            let inner = parse_manifest(&body, &self.image)?;
+            if inner.manifests.is_some() {
+                return Err(FetchError::Invalid(format!(
+                    "image index {} nests another index",
+                    self.image
+                )));
+            }
+            return Ok(ResolvedImage {
+                manifest_digest: got,
+                index_digest: Some(digest),
+                layers: layers_of(inner, &self.image)?,
+            });
+        }
+        Ok(ResolvedImage {
+            manifest_digest: digest,
+            index_digest: None,
+            layers: layers_of(m, &self.image)?,
+        })
+    }
+
+    /// Downloads (or resumes) a blob into `dl`, then checks size and digest.
+    pub async fn blob(
+        &mut self,
+        layer: &LayerDesc,
+        dl: &mut BlobDownload,
+        progress: &mut Progress,
+    ) -> Result<(), FetchError> {
+        let url = self.url("blobs", layer.digest.as_str());
+        let resp = self.get(&url, None, dl.written).await?;
+        if dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            // The server sends the whole blob again.
+            dl.reset()?;
+        }
+        progress.set(dl.written);
+        let mut stream = resp.bytes_stream();
+        let io_err = |source| FetchError::Io {
+            path: dl.path.display().to_string(),
+            source,
+        };
+        while let Some(chunk) = self.next_chunk(&mut stream, &url).await? {
+            if dl.written + chunk.len() as u64 > layer.size {
+                dl.reset()?;
+                return Err(FetchError::Invalid(format!(
+                    "{url}: the registry sent more than the {} bytes the manifest declares",
+                    layer.size
+                )));
+            }
+            dl.hasher.update(&chunk);
+            dl.file.write_all(&chunk).map_err(io_err)?;
+            dl.written += chunk.len() as u64;
+            progress.add(chunk.len() as u64);
+        }
+        if dl.written < layer.size {
+            return Err(FetchError::Transport {
+                what: format!("reading {url}"),
+                message: format!(
+                    "the connection ended after {} of {} bytes",
+                    dl.written, layer.size
+                ),
+            });
+        }
+        let got = dl.hasher.clone().finish();
+        if got != layer.digest {
+            dl.reset()?;
+            return Err(FetchError::Digest {
+                what: format!("blob {} of {}", layer.digest, self.image.name()),
+                expected: layer.digest.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        dl.file.flush().map_err(|source| FetchError::Io {
+            path: dl.path.display().to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+fn parse_manifest(body: &[u8], image: &ImageRef) -> Result<RawManifest, FetchError> {
+    let m: RawManifest = serde_json::from_slice(body).map_err(|e| {
+        FetchError::Invalid(format!(
+            "manifest of {image} is not a valid OCI/Docker v2 manifest: {e}"
+        ))
+    })?;
+    if m.schema_version != Some(2) {
+        return Err(FetchError::Invalid(format!(
+            "manifest of {image} has schemaVersion {:?}; only schema 2 (OCI or Docker v2) is supported",
+            m.schema_version
+        )));
+    }
+    if m.manifests.is_none() && m.layers.is_none() {
+        return Err(FetchError::Invalid(format!(
+            "manifest of {image} (media type {:?}) has neither layers nor manifests",
+            m.media_type
+        )));
+    }
+    Ok(m)
+}
+
+fn layers_of(m: RawManifest, image: &ImageRef) -> Result<Vec<LayerDesc>, FetchError> {
+    let layers = m.layers.unwrap_or_default();
+    if layers.is_empty() || layers.len() > MAX_LAYERS {
+        return Err(FetchError::Invalid(format!(
+            "image {image} has {} layers; expected 1 to {MAX_LAYERS}",
+            layers.len()
+        )));
+    }
+    layers
+        .into_iter()
+        .map(|l| {
+            let digest = Digest::parse(&l.digest).map_err(|e| FetchError::Invalid(format!("a layer of {image}: {e}")))?;
+            if !l.media_type.contains("tar") {
+                return Err(FetchError::Invalid(format!(
+                    "layer {digest} of {image} has media type {:?}, not a tar layer; is this a container image?",
+                    l.media_type
+                )));
+            }
+            if l.size < 0 {
+                return Err(FetchError::Invalid(format!("layer {digest} of {image} has a negative size")));
+            }
+            Ok(LayerDesc {
+                digest,
+                size: l.size as u64,
+                media_type: l.media_type,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_parse_and_are_checked() {
+        let img = ImageRef::parse("r.io/a:1").unwrap();
+        let d = Digest::of(b"x");
+        let good = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}]}}"#
+        );
+        let m = parse_manifest(good.as_bytes(), &img).unwrap();
+        assert_eq!(layers_of(m, &img).unwrap()[0].digest, d);
+        let helm = good.replace("layer.v1.tar+gzip", "helm.chart.content.v1");
+        let e = layers_of(parse_manifest(helm.as_bytes(), &img).unwrap(), &img).unwrap_err();
+        assert!(e.to_string().contains("not a tar layer"), "{e}");
+        let bad_digest = good.replace(d.as_str(), "sha256:../../x");
+        assert!(layers_of(parse_manifest(bad_digest.as_bytes(), &img).unwrap(), &img).is_err());
+        assert!(parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#, &img).is_err());
+        assert!(parse_manifest(b"<html>", &img).is_err());
+    }
+
+    #[test]
+    fn errors_classify() {
+        let s = |status| FetchError::Status {
+            url: "u".into(),
+            status,
+            retry_after: Some(Duration::from_secs(2)),
+            message: String::new(),
+        };
+        assert!(s(503).retryable());
+        assert!(s(429).retryable());
+        assert!(!s(404).retryable());
+        assert!(!s(401).retryable());
+        assert_eq!(s(429).retry_after(), Some(Duration::from_secs(2)));
+        assert!(!FetchError::Invalid("x".into()).retryable());
+    }
+}

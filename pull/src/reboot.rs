@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The reboot policy and the reboot-loop guard.
+//!
+//! A reboot is asked for only when all of these hold:
+//! - nothing failed in this run (a failure never reboots a node);
+//! - a module set of the running kernel with policy `ifNeeded`, not skipped on the kernel
+//!   command line, had its image committed by this run;
+//! - the loader's status for this boot (same boot id and kernel) says that set is not
+//!   `loaded` (a missing status means the loader did not run: no reboot);
+//! - `reboots.json` holds no earlier reboot for the same kernel and manifest digests.
+//!
+//! The guard record is written durably before the reboot is asked for, so a node that
+//! reboots and still cannot load the modules is never rebooted again for the same content.
+
+use std::collections::BTreeSet;
+
+use kmod_day1_contract::{
+    BootStatus, EscapeHatches, RebootGuard, RebootPolicy, RebootRecord, SetState, STORE_VERSION,
+};
+use tracing::info;
+
+/// Most guard records kept (oldest dropped).
+pub const GUARD_KEEP: usize = 64;
+
+/// A module set of the running kernel, as this run left it.
+#[derive(Debug, Clone)]
+pub struct SetOutcome {
+    /// Config name.
+    pub config: String,
+    /// Set name.
+    pub set: String,
+    /// Its reboot policy.
+    pub policy: RebootPolicy,
+    /// Manifest digest now stored.
+    pub manifest_digest: String,
+    /// Whether this run committed it (new content).
+    pub committed_now: bool,
+}
+
+/// What to do about a reboot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebootDecision {
+    /// Nothing calls for one; the reason says why.
+    NotNeeded(String),
+    /// Something failed in this run.
+    SkippedAfterFailure,
+    /// One is needed, but `--no-reboot` was given.
+    Disabled,
+    /// One is needed, but was already asked for the same content.
+    RefusedByGuard(RebootRecord),
+    /// Ask for one, recording this.
+    Request(RebootRecord),
+}
+
+impl RebootDecision {
+    /// The `reboot` value of `last-pull.json`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotNeeded(_) => "notNeeded",
+            Self::SkippedAfterFailure => "skippedAfterFailure",
+            Self::Disabled => "disabled",
+            Self::RefusedByGuard(_) => "refusedByGuard",
+            Self::Request(_) => "requested",
+        }
+    }
+}
+
+/// What the decision is made from.
+pub struct RebootInputs<'a> {
+    /// Running kernel.
+    pub kernel: &'a str,
+    /// This boot's id.
+    pub boot_id: &'a str,
+    /// The loader's status file, if any.
+    pub status: Option<&'a BootStatus>,
+    /// The running kernel's module sets.
+    pub sets: &'a [SetOutcome],
+    /// Whether anything failed in this run.
+    pub failed: bool,
+    /// `--no-reboot`.
+    pub no_reboot: bool,
+    /// Kernel command line escape hatches.
+    pub hatches: &'a EscapeHatches,
+    /// `reboots.json`.
+    pub guard: &'a RebootGuard,
+    /// Seconds since the epoch.
+    pub now: u64,
+}
+
+/// Decides.
+pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
+    if i.failed {
+        return RebootDecision::SkippedAfterFailure;
+    }
+    let committed: Vec<&SetOutcome> = i.sets.iter().filter(|s| s.committed_now).collect();
+    if committed.is_empty() {
+        return RebootDecision::NotNeeded(
+            "no image of the running kernel was newly committed".into(),
+        );
+    }
+    let status = match i.status {
+        Some(s) if s.boot_id == i.boot_id && s.kernel_release == i.kernel => s,
+        Some(_) => {
+            return RebootDecision::NotNeeded(
+                "the loader's status is from another boot: the loader did not run this boot".into(),
+            )
+        }
+        None => {
+            return RebootDecision::NotNeeded(
+                "no loader status for this boot: the loader did not run".into(),
+            )
+        }
+    };
+    let mut digests = BTreeSet::new();
+    let mut why_not = vec![];
+    for s in committed {
+        let state = status
+            .sets
+            .iter()
+            .find(|x| x.config == s.config && x.set == s.set)
+            .map(|x| x.state);
+        let name = format!("{}/{}", s.config, s.set);
+        match state {
+            _ if i.hatches.skips(&s.config, &s.set) => {
+                why_not.push(format!("{name} is skipped on the kernel command line"))
+            }
+            Some(SetState::Loaded) => why_not.push(format!("{name} is already loaded")),
+            Some(SetState::Skipped) => why_not.push(format!("{name} was skipped by the loader")),
+            None => why_not.push(format!(
+                "{name} is not in the loader's status (config added after boot?)"
+            )),
+            Some(_) if s.policy == RebootPolicy::Never => {
+                why_not.push(format!("{name} has reboot policy never"))
+            }
+            Some(_) => {
+                digests.insert(s.manifest_digest.clone());
+            }
+        }
+    }
+    if digests.is_empty() {
+        return RebootDecision::NotNeeded(why_not.join("; "));
+    }
+    if i.no_reboot {
+        return RebootDecision::Disabled;
+    }
+    let manifest_digests: Vec<String> = digests.into_iter().collect();
+    if let Some(r) = i
+        .guard
+        .reboots
+        .iter()
+        .find(|r| r.kernel_release == i.kernel && r.manifest_digests == manifest_digests)
+    {
+        return RebootDecision::RefusedByGuard(r.clone());
+    }
+    RebootDecision::Request(RebootRecord {
+        kernel_release: i.kernel.to_owned(),
+        manifest_digests,
+        boot_id: i.boot_id.to_owned(),
+        at: i.now,
+    })
+}
+
+/// The guard with `rec` added (and the oldest records dropped).
+pub fn guard_with(mut guard: RebootGuard, rec: RebootRecord) -> RebootGuard {
+    guard.version = STORE_VERSION;
+    guard.reboots.push(rec);
+    let excess = guard.reboots.len().saturating_sub(GUARD_KEEP);
+    guard.reboots.drain(..excess);
+    guard
+}
+
+/// Asks logind to reboot (the polite way: inhibitors and shutdown ordering apply), falling
+/// back to starting systemd's `reboot.target`.
+pub async fn request_reboot() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let conn = zbus::Connection::system()
+        .await
+        .context("connecting to the system D-Bus")?;
+    let logind = conn
+        .call_method(
+            Some("org.freedesktop.login1"),
+            "/org/freedesktop/login1",
+            Some("org.freedesktop.login1.Manager"),
+            "Reboot",
+            &(false,),
+        )
+        .await;
+    match logind {
+        Ok(_) => {
+            info!("asked systemd-logind to reboot");
+            Ok(())
+        }
+        Err(e) => {
+            info!(
+                "systemd-logind refused the reboot ({e}); starting reboot.target through systemd"
+            );
+            conn.call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "StartUnit",
+                &("reboot.target", "replace-irreversibly"),
+            )
+            .await
+            .with_context(|| {
+                format!("asking systemd to start reboot.target (after logind said: {e})")
+            })?;
+            info!("asked systemd to start reboot.target");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kmod_day1_contract::{SetStatus, STATUS_VERSION};
+
+    fn status(state: SetState) -> BootStatus {
+        BootStatus {
+            version: STATUS_VERSION,
+            kernel_release: "6.1".into(),
+            boot_id: "b1".into(),
+            sets: vec![SetStatus {
+                config: "c".into(),
+                set: "s".into(),
+                state,
+                image: None,
+                manifest_digest: None,
+                modules: vec![],
+                removed_in_tree: vec![],
+                rolled_back: false,
+                kernel_us: 0,
+                overhead_us: 0,
+                error: None,
+            }],
+            errors: vec![],
+            total_us: 0,
+        }
+    }
+
+    fn set(committed_now: bool, policy: RebootPolicy) -> SetOutcome {
+        SetOutcome {
+            config: "c".into(),
+            set: "s".into(),
+            policy,
+            manifest_digest: "sha256:d1".into(),
+            committed_now,
+        }
+    }
+
+    fn run(
+        status: Option<&BootStatus>,
+        sets: &[SetOutcome],
+        failed: bool,
+        guard: &RebootGuard,
+        hatches: &str,
+    ) -> RebootDecision {
+        decide(&RebootInputs {
+            kernel: "6.1",
+            boot_id: "b1",
+            status,
+            sets,
+            failed,
+            no_reboot: false,
+            hatches: &EscapeHatches::parse(hatches),
+            guard,
+            now: 7,
+        })
+    }
+
+    #[test]
+    fn reboots_once_for_new_content_not_loaded() {
+        let g = RebootGuard::default();
+        let st = status(SetState::NotStored);
+        let sets = [set(true, RebootPolicy::IfNeeded)];
+        let RebootDecision::Request(rec) = run(Some(&st), &sets, false, &g, "") else {
+            panic!("expected a reboot request")
+        };
+        assert_eq!(rec.manifest_digests, ["sha256:d1"]);
+        let g = guard_with(g, rec.clone());
+        // Same kernel and content again (say the next boot failed to load it): refused.
+        assert_eq!(
+            run(Some(&st), &sets, false, &g, ""),
+            RebootDecision::RefusedByGuard(rec)
+        );
+        // New content for the same kernel: allowed once more.
+        let mut sets2 = sets.clone();
+        sets2[0].manifest_digest = "sha256:d2".into();
+        assert!(matches!(
+            run(Some(&st), &sets2, false, &g, ""),
+            RebootDecision::Request(_)
+        ));
+    }
+
+    #[test]
+    fn no_reboot_cases() {
+        let g = RebootGuard::default();
+        let st = status(SetState::NotStored);
+        let new = [set(true, RebootPolicy::IfNeeded)];
+        assert_eq!(
+            run(Some(&st), &new, true, &g, ""),
+            RebootDecision::SkippedAfterFailure
+        );
+        assert!(matches!(
+            run(
+                Some(&st),
+                &[set(false, RebootPolicy::IfNeeded)],
+                false,
+                &g,
+                ""
+            ),
+            RebootDecision::NotNeeded(_)
+        ));
+        assert!(
+            matches!(run(Some(&st), &[set(true, RebootPolicy::Never)], false, &g, ""), RebootDecision::NotNeeded(r) if r.contains("never"))
+        );
+        assert!(
+            matches!(run(Some(&status(SetState::Loaded)), &new, false, &g, ""), RebootDecision::NotNeeded(r) if r.contains("loaded"))
+        );
+        assert!(matches!(
+            run(None, &new, false, &g, ""),
+            RebootDecision::NotNeeded(_)
+        ));
+        let mut other_boot = st.clone();
+        other_boot.boot_id = "b0".into();
+        assert!(
+            matches!(run(Some(&other_boot), &new, false, &g, ""), RebootDecision::NotNeeded(r) if r.contains("another boot"))
+        );
+        assert!(
+            matches!(run(Some(&st), &new, false, &g, "kmod_day1.skip=s"), RebootDecision::NotNeeded(r) if r.contains("command line"))
+        );
+        let d = decide(&RebootInputs {
+            kernel: "6.1",
+            boot_id: "b1",
+            status: Some(&st),
+            sets: &new,
+            failed: false,
+            no_reboot: true,
+            hatches: &EscapeHatches::default(),
+            guard: &g,
+            now: 0,
+        });
+        assert_eq!(d, RebootDecision::Disabled);
+    }
+
+    #[test]
+    fn guard_is_bounded() {
+        let mut g = RebootGuard::default();
+        for i in 0..(GUARD_KEEP as u64 + 5) {
+            g = guard_with(
+                g,
+                RebootRecord {
+                    kernel_release: "k".into(),
+                    manifest_digests: vec![],
+                    boot_id: String::new(),
+                    at: i,
+                },
+            );
+        }
+        assert_eq!(g.reboots.len(), GUARD_KEEP);
+        assert_eq!(g.reboots[0].at, 5);
+    }
+}

@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The writer's side of the store (`docs/node-contract.md`): lock, staging, commit of trees
+//! and refs, garbage collection.
+//!
+//! Commit order: a tree is extracted into `tmp/`, every file and directory fsynced, renamed
+//! into `trees/`, `trees/` fsynced; only then is the ref written (temp + fsync + rename +
+//! fsync). A crash leaves the old complete state or the new one, plus leftovers in `tmp/`
+//! that the next run removes.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use kmod_day1_contract::{
+    is_valid_tree_id, read_json, sync_dir, write_json_atomic, AbsPath, ConfigName, KernelRelease,
+    RefRecord, SetName, StoreLayout,
+};
+use nix::fcntl::{Flock, FlockArg};
+use tracing::{info, warn};
+
+use crate::verify::sha256_hex;
+
+/// The store, locked for writing for as long as this value lives.
+pub struct Store {
+    layout: StoreLayout,
+    _lock: Flock<File>,
+}
+
+/// `tree-id`: sha256 hex of manifest digest, dirName, kernel release and firmware path (empty
+/// when none), each followed by a newline.
+pub fn tree_id(
+    manifest_digest: &str,
+    dir_name: &AbsPath,
+    kernel: &KernelRelease,
+    firmware: Option<&AbsPath>,
+) -> String {
+    sha256_hex(&format!(
+        "{manifest_digest}\n{dir_name}\n{kernel}\n{}\n",
+        firmware.map_or("", |f| f.as_str())
+    ))
+}
+
+fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
+    let msg = format!("{what} {}", path.display());
+    move |e| io::Error::new(e.kind(), format!("{msg}: {e}"))
+}
+
+impl Store {
+    /// Creates the layout under `root` if needed and takes the writer's lock, waiting for
+    /// another kmod-day1-pull to finish.
+    pub fn open_locked(root: &Path) -> io::Result<Self> {
+        let layout = StoreLayout::new(root);
+        for d in [
+            layout.root().to_owned(),
+            layout.tmp_dir(),
+            layout.trees_dir(),
+            layout.refs_dir(),
+        ] {
+            fs::create_dir_all(&d).map_err(ctx("creating", &d))?;
+        }
+        let lock_path = layout.lock_file();
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(ctx("opening", &lock_path))?;
+        let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                info!(lock = %lock_path.display(), "waiting for another kmod-day1-pull to release the store lock");
+                Flock::lock(f, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| ctx("locking", &lock_path)(io::Error::from(e)))?
+            }
+            Err((_, e)) => return Err(ctx("locking", &lock_path)(io::Error::from(e))),
+        };
+        Ok(Self {
+            layout,
+            _lock: lock,
+        })
+    }
+
+    /// The paths.
+    pub fn layout(&self) -> &StoreLayout {
+        &self.layout
+    }
+
+    /// Removes what an interrupted run left in `tmp/`.
+    pub fn clean_tmp(&self) -> io::Result<()> {
+        let tmp = self.layout.tmp_dir();
+        for e in fs::read_dir(&tmp).map_err(ctx("reading", &tmp))? {
+            let p = e?.path();
+            let r = if fs::symlink_metadata(&p)?.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.map_err(ctx("removing the leftover", &p))?;
+            info!(path = %p.display(), "removed a leftover of an interrupted pull");
+        }
+        Ok(())
+    }
+
+    /// Whether a complete tree with this id exists.
+    pub fn has_tree(&self, id: &str) -> bool {
+        self.layout.tree(id).is_dir()
+    }
+
+    /// A fresh path under `tmp/` (not created).
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        self.layout
+            .tmp_dir()
+            .join(format!("{what}.{}", std::process::id()))
+    }
+
+    /// Moves a complete, synced staging tree to `trees/<id>` and makes that durable.
+    pub fn commit_tree(&self, staging: &Path, id: &str) -> io::Result<()> {
+        assert!(is_valid_tree_id(id), "tree id {id:?}");
+        let dest = self.layout.tree(id);
+        if dest.is_dir() {
+            // Same content extracted the same way: keep the existing tree.
+            return fs::remove_dir_all(staging).map_err(ctx("removing", staging));
+        }
+        fs::rename(staging, &dest).map_err(ctx("renaming into", &dest))?;
+        sync_dir(&self.layout.trees_dir()).map_err(ctx("syncing", &self.layout.trees_dir()))
+    }
+
+    /// Writes a ref atomically.
+    pub fn write_ref(
+        &self,
+        config: &ConfigName,
+        set: &SetName,
+        kernel: &KernelRelease,
+        rec: &RefRecord,
+    ) -> io::Result<()> {
+        let path = self.layout.ref_file(config, set, kernel);
+        write_json_atomic(&path, rec).map_err(ctx("writing", &path))?;
+        // A new per-config or per-set directory must be durable too.
+        if let Some(set_dir) = path.parent() {
+            if let Some(cfg_dir) = set_dir.parent() {
+                sync_dir(cfg_dir)?;
+                sync_dir(&self.layout.refs_dir())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the refs of configs that are gone (only when `configs` is not empty: an empty
+    /// or wrong config directory must not wipe the store) and every tree no ref points at.
+    /// Returns the trees removed.
+    pub fn gc(&self, configs: &BTreeSet<String>) -> io::Result<Vec<String>> {
+        let refs = self.layout.refs_dir();
+        let mut keep = BTreeSet::new();
+        for cfg in read_dir_names(&refs)? {
+            let cfg_dir = refs.join(&cfg);
+            if !configs.is_empty() && !configs.contains(&cfg) {
+                info!(
+                    config = cfg,
+                    "removing the refs of a config that no longer exists"
+                );
+                fs::remove_dir_all(&cfg_dir).map_err(ctx("removing", &cfg_dir))?;
+                continue;
+            }
+            for set in read_dir_names(&cfg_dir)? {
+                for r in read_dir_names(&cfg_dir.join(&set))? {
+                    let p = cfg_dir.join(&set).join(&r);
+                    match read_json::<RefRecord>(&p) {
+                        Ok(Some(rec)) => {
+                            keep.insert(rec.tree);
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(path = %p.display(), "unreadable ref: {e}"),
+                    }
+                }
+            }
+        }
+        let mut removed = vec![];
+        let trees = self.layout.trees_dir();
+        for id in read_dir_names(&trees)? {
+            if keep.contains(&id) {
+                continue;
+            }
+            // Out of trees/ first, in one rename, so no half-deleted tree is ever visible.
+            let doomed = self.tmp_path(&format!("gc-{id}"));
+            fs::rename(trees.join(&id), &doomed).map_err(ctx("moving out", &trees.join(&id)))?;
+            sync_dir(&trees)?;
+            fs::remove_dir_all(&doomed).map_err(ctx("removing", &doomed))?;
+            removed.push(id);
+        }
+        Ok(removed)
+    }
+}
+
+fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(ctx("reading", dir)(e)),
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kmod_day1_contract::STORE_VERSION;
+
+    fn rec(tree: &str) -> RefRecord {
+        RefRecord {
+            version: STORE_VERSION,
+            image: "r/x:1".into(),
+            manifest_digest: "sha256:00".into(),
+            tree: tree.into(),
+            committed_at: 0,
+        }
+    }
+
+    #[test]
+    fn tree_ids_follow_the_contract() {
+        let id = tree_id(
+            "sha256:ab",
+            &AbsPath::new("/opt").unwrap(),
+            &KernelRelease::new("6.1").unwrap(),
+            None,
+        );
+        assert_eq!(id, sha256_hex("sha256:ab\n/opt\n6.1\n\n"));
+        assert!(is_valid_tree_id(&id));
+    }
+
+    #[test]
+    fn commit_gc_and_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open_locked(d.path()).unwrap();
+        fs::write(s.tmp_path("junk"), "x").unwrap();
+        s.clean_tmp().unwrap();
+        assert_eq!(fs::read_dir(s.layout().tmp_dir()).unwrap().count(), 0);
+
+        let (c, set, k) = (
+            ConfigName::new("c").unwrap(),
+            SetName::new("s").unwrap(),
+            KernelRelease::new("6.1").unwrap(),
+        );
+        for id in ["aa", "bb"] {
+            let st = s.tmp_path(&format!("tree-{id}"));
+            fs::create_dir_all(st.join("modules")).unwrap();
+            s.commit_tree(&st, id).unwrap();
+            assert!(s.has_tree(id));
+        }
+        s.write_ref(&c, &set, &k, &rec("bb")).unwrap();
+        let gone = ConfigName::new("gone").unwrap();
+        s.write_ref(&gone, &set, &k, &rec("aa")).unwrap();
+        // With no config files known, nothing is pruned by config.
+        assert!(s.gc(&BTreeSet::new()).unwrap().is_empty());
+        let removed = s.gc(&["c".to_owned()].into()).unwrap();
+        assert_eq!(removed, ["aa"]);
+        assert!(s.has_tree("bb"));
+        assert!(!s.layout().refs_dir().join("gone").exists());
+        assert_eq!(fs::read_dir(s.layout().tmp_dir()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: Apache-2.0
+//! kmod-day1-pull against the in-process test registry: auth, faults, mirrors, reboots.
+//! Each case ends in a verified commit or in a clean error with the store unchanged.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, K, K2};
+use kmod_day1_contract::SetState;
+use kmod_day1_test_registry::{Auth, Compression, Fault, Image, Layer, RawEntry, Registry};
+
+const REPO: &str = "kmod/e1000";
+
+fn kmod_image(kernel: &str, marker: &str) -> kmod_day1_test_registry::BuiltImage {
+    Image::new()
+        .layer(Layer::new().file("usr/bin/base", b"base layer".to_vec()))
+        .layer(
+            Layer::new()
+                .compression(Compression::Zstd)
+                .file(
+                    format!("opt/lib/modules/{kernel}/extra/e1000.ko"),
+                    marker.as_bytes().to_vec(),
+                )
+                .file(
+                    format!("opt/lib/modules/{kernel}/modules.dep"),
+                    b"extra/e1000.ko:\n".to_vec(),
+                )
+                .random(
+                    format!("opt/lib/modules/{kernel}/extra/big.bin"),
+                    300_000,
+                    7,
+                ),
+        )
+        .build()
+        .unwrap()
+}
+
+/// A node configured for `reg`'s `kmod/e1000` (kernel-release tag), with the image pushed.
+fn setup(reg: &Registry) -> (Node, String) {
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let digest = reg.push_image(REPO, K, &kmod_image(K, "oot-1"));
+    (node, digest)
+}
+
+fn assert_committed(node: &Node, digest: &str, marker: &str) {
+    let r = node.ref_record(K).expect("a ref");
+    assert_eq!(r.manifest_digest, digest);
+    assert_eq!(
+        common::tree_file(&node.store(), &r.tree, "modules/extra/e1000.ko"),
+        marker.as_bytes()
+    );
+    assert!(node.names("tmp").is_empty(), "tmp: {:?}", node.names("tmp"));
+}
+
+#[test]
+fn pulls_by_tag_then_finds_it_unchanged() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    node.run(30)
+        .expect(0)
+        .says("committed")
+        .says("reboot: notNeeded");
+    assert_committed(&node, &digest, "oot-1");
+    let last = node.last_pull();
+    assert_eq!(last.pulls[0].outcome, "committed");
+    assert_eq!(last.reboot, "notNeeded");
+    // Nothing in the base layer outside the selection was extracted.
+    let tree = node.ref_record(K).unwrap().tree;
+    assert!(!node.store().join("trees").join(&tree).join("usr").exists());
+
+    reg.clear_requests();
+    node.run(30).expect(0).says("unchanged");
+    assert_eq!(reg.blob_gets(), 0);
+    assert_eq!(node.last_pull().pulls[0].outcome, "unchanged");
+
+    // The tag moves: the new image is committed, the old tree collected.
+    let d2 = reg.push_image(REPO, K, &kmod_image(K, "oot-2"));
+    node.run(30).expect(0).says("committed");
+    assert_committed(&node, &d2, "oot-2");
+    assert_eq!(node.names("trees").len(), 1);
+}
+
+#[test]
+fn bearer_and_basic_auth_from_the_pull_secret() {
+    for auth in [
+        Auth::bearer("puller", "s3cret"),
+        Auth::basic("puller", "s3cret"),
+    ] {
+        let reg = Registry::start_with_auth(auth.clone()).unwrap();
+        let (node, digest) = setup(&reg);
+        // No credentials: a clean error that says what to do.
+        node.run(10).expect(1).says("pull secret");
+        node.assert_store_empty();
+        node.pull_secret(&reg.host(), "puller", "wrong");
+        node.run(10).expect(1).says("failed");
+        node.assert_store_empty();
+        node.pull_secret(&reg.host(), "puller", "s3cret");
+        node.run(30).expect(0).says("committed");
+        assert_committed(&node, &digest, "oot-1");
+    }
+}
+
+#[test]
+fn retries_server_errors_and_honours_retry_after() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    let r500 = reg.fault(Fault::status(500).on("/blobs/").times(2));
+    let r503 = reg.fault(Fault::status(503).on("/manifests/").times(1));
+    node.run(60).expect(0).says("retrying");
+    assert_eq!(reg.fault_fired(r500), 2);
+    assert_eq!(reg.fault_fired(r503), 1);
+    assert_committed(&node, &digest, "oot-1");
+
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    let r429 = reg.fault(Fault::status_retry_after(429, 2).on("/manifests/").times(1));
+    let t = Instant::now();
+    node.run(60).expect(0).says("wait_ms=2000");
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert_eq!(reg.fault_fired(r429), 1);
+    assert_committed(&node, &digest, "oot-1");
+}
+
+#[test]
+fn resumes_a_blob_cut_mid_way() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    let cut = reg.fault(Fault::CutAfter { bytes: 100_000 }.on("/blobs/").times(2));
+    node.run(60).expect(0).says("retrying");
+    assert_eq!(reg.fault_fired(cut), 2);
+    assert_committed(&node, &digest, "oot-1");
+    // Resumed with Range rather than downloaded again from the start.
+    assert!(
+        reg.requests().iter().any(|r| r.header("range").is_some()),
+        "{:?}",
+        reg.requests()
+    );
+}
+
+#[test]
+fn corrupt_blobs_and_lying_manifests_leave_the_store_unchanged() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    reg.fault(Fault::CorruptBody.on("/blobs/"));
+    node.run(20).expect(1).says("digest mismatch");
+    node.assert_store_empty();
+    assert_eq!(node.last_pull().pulls[0].outcome, "failed");
+    assert!(!node.rebooted());
+
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    reg.fault(Fault::LyingManifest.on("/manifests/"));
+    node.run(20).expect(1).says("digest mismatch");
+    node.assert_store_empty();
+
+    // A digest pin that the registry's content does not match.
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    let other = kmod_day1_test_registry::sha256_digest(b"other");
+    node.config(&format!("{}/{REPO}@{other}", reg.host()), "");
+    node.run(20).expect(1);
+    node.assert_store_empty();
+    // The right pin works, and the next run does not even ask the registry.
+    node.config(&format!("{}/{REPO}@{digest}", reg.host()), "");
+    node.run(20).expect(0).says("committed");
+    assert_committed(&node, &digest, "oot-1");
+    reg.clear_requests();
+    node.run(20).expect(0).says("unchanged");
+    assert!(reg.requests().is_empty());
+}
+
+#[test]
+fn a_slow_server_ends_within_the_budget() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    reg.fault(
+        Fault::Slow {
+            bytes_per_sec: 2000,
+        }
+        .on("/blobs/"),
+    );
+    let t = Instant::now();
+    node.run(4).expect(1).says("budget");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    node.assert_store_empty();
+    // A server that hangs: the request timeout fires, the retries run out of budget.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    reg.fault(Fault::Delay(Duration::from_secs(30)).on("/manifests/"));
+    node.run(5).expect(1).says(&reg.host());
+    node.assert_store_empty();
+}
+
+#[test]
+fn mirrors_first_then_the_source() {
+    let source = Registry::start().unwrap();
+    let mirror = Registry::start().unwrap();
+    let node = Node::new();
+    let img = kmod_image(K, "oot-1");
+    let digest = source.push_image(REPO, K, &img);
+    mirror.push_image("mirrored/e1000", K, &img);
+    node.registries_conf(&format!(
+        "[[registry]]\nprefix = \"{s}/kmod\"\nlocation = \"{s}/kmod\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{m}/mirrored\"\ninsecure = true\n",
+        s = source.host(),
+        m = mirror.host()
+    ));
+    node.config(&format!("{}/{REPO}", source.host()), "");
+    node.run(30).expect(0).says("committed");
+    assert_committed(&node, &digest, "oot-1");
+    assert!(mirror.blob_gets() > 0);
+    assert_eq!(source.blob_gets(), 0);
+
+    // The mirror breaks: the source serves.
+    std::fs::remove_dir_all(node.store()).unwrap();
+    mirror.fault(Fault::status(404).on("/manifests/"));
+    node.run(30).expect(0).says("mirror failed");
+    assert_committed(&node, &digest, "oot-1");
+    assert!(source.blob_gets() > 0);
+}
+
+#[test]
+fn image_index_resolves_to_linux_amd64() {
+    let reg = Registry::start().unwrap();
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let amd = kmod_image(K, "amd64");
+    let arm = Image::new()
+        .platform("linux", "arm64")
+        .layer(Layer::new().file(
+            format!("opt/lib/modules/{K}/extra/e1000.ko"),
+            b"arm64".to_vec(),
+        ))
+        .build()
+        .unwrap();
+    reg.push_index(REPO, K, &[&arm, &amd]);
+    node.run(30).expect(0).says("committed");
+    assert_committed(&node, &amd.digest, "amd64");
+}
+
+#[test]
+fn malicious_layers_are_refused() {
+    let reg = Registry::start().unwrap();
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let cases: Vec<(RawEntry, &str)> = vec![
+        (
+            RawEntry::file(
+                format!("opt/lib/modules/{K}/../../../../../../tmp/pwned"),
+                b"x".to_vec(),
+            ),
+            "traversal",
+        ),
+        (RawEntry::file("/etc/pwned", b"x".to_vec()), "absolute"),
+        (
+            RawEntry::symlink(format!("opt/lib/modules/{K}/evil.ko"), "/etc/shadow"),
+            "outside",
+        ),
+        (
+            RawEntry::hardlink(format!("opt/lib/modules/{K}/evil.ko"), "etc/shadow"),
+            "outside",
+        ),
+        (
+            RawEntry::char_device(format!("opt/lib/modules/{K}/mem"), 1, 1),
+            "device",
+        ),
+    ];
+    for (entry, why) in cases {
+        let img = Image::new()
+            .layer(
+                Layer::new()
+                    .file(format!("opt/lib/modules/{K}/ok.ko"), b"ok".to_vec())
+                    .raw(entry),
+            )
+            .build()
+            .unwrap();
+        reg.push_image(REPO, K, &img);
+        node.run(20).expect(1).says(why).says("refused");
+        node.assert_store_empty();
+    }
+    // A decompression bomb: 64 MiB of zeros in a file, over --max-file-mib 16.
+    let img = Image::new()
+        .layer(Layer::new().zeros(format!("opt/lib/modules/{K}/bomb.ko"), 64 << 20))
+        .build()
+        .unwrap();
+    assert!(img.layers[0].bytes.len() < 1 << 20);
+    reg.push_image(REPO, K, &img);
+    let out = node
+        .command(20)
+        .args(["--max-file-mib", "16"])
+        .output()
+        .unwrap();
+    common::Run::from(out)
+        .expect(1)
+        .says("bomb.ko")
+        .says("entry limit");
+    node.assert_store_empty();
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
+
+#[test]
+fn reboots_once_and_the_guard_refuses_a_second_time() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    node.loader_status(SetState::NotStored);
+    node.run(30).expect(0).says("reboot: requested");
+    assert!(node.rebooted());
+    assert_eq!(
+        std::fs::read_to_string(node.path("rebooted"))
+            .unwrap()
+            .trim(),
+        digest
+    );
+    assert_eq!(node.last_pull().reboot, "requested");
+
+    // Next boot the loader failed with this content, and somehow the ref is gone again:
+    // the same kernel + digest never reboots twice.
+    std::fs::remove_file(node.path("rebooted")).unwrap();
+    std::fs::write(node.path("boot_id"), "b2\n").unwrap();
+    node.loader_status(SetState::Failed);
+    let status = std::fs::read_to_string(node.path("status.json"))
+        .unwrap()
+        .replace("\"b1\"", "\"b2\"");
+    std::fs::write(node.path("status.json"), status).unwrap();
+    std::fs::remove_dir_all(node.store().join("refs")).unwrap();
+    node.run(30).expect(3).says("refusedByGuard");
+    assert!(!node.rebooted());
+
+    // --no-reboot and policy never: no reboot.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.loader_status(SetState::NotStored);
+    let out = node.command(30).arg("--no-reboot").output().unwrap();
+    common::Run::from(out).expect(0).says("reboot: disabled");
+    assert!(!node.rebooted());
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.config(&format!("{}/{REPO}", reg.host()), r#", "reboot": "never""#);
+    node.loader_status(SetState::NotStored);
+    node.run(30).expect(0).says("reboot: notNeeded");
+    assert!(!node.rebooted());
+}
+
+#[test]
+fn prefetches_boot_entry_kernels_without_reboot() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    let d2 = reg.push_image(REPO, K2, &kmod_image(K2, "next"));
+    std::fs::write(
+        node.path("entries/next.conf"),
+        format!("title next\nlinux /vmlinuz-{K2}\n"),
+    )
+    .unwrap();
+    node.loader_status(SetState::Loaded);
+    node.run(30).expect(0).says("reboot: notNeeded");
+    assert!(!node.rebooted());
+    assert_eq!(node.ref_record(K2).unwrap().manifest_digest, d2);
+    // Its image missing: a failure is reported (exit 1), the running kernel's state stands.
+    std::fs::write(
+        node.path("entries/gone.conf"),
+        "linux /vmlinuz-6.9.9-1-amd64\n",
+    )
+    .unwrap();
+    node.run(10).expect(1).says("failed");
+    assert!(node.ref_record(K).is_some());
+}
+
+#[test]
+fn config_errors_exit_2() {
+    let node = Node::new();
+    std::fs::write(node.path("config.d/bad.json"), "{").unwrap();
+    node.run(5).expect(2);
+    std::fs::remove_file(node.path("config.d/bad.json")).unwrap();
+    node.config("127.0.0.1:9/x", "");
+    node.registries_conf("[registries.search]\nregistries = []\n");
+    node.run(5).expect(2).says("version 1");
+    node.assert_store_empty();
+}
