@@ -9,7 +9,7 @@ TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 NODE_BINS := kmod-day1-load kmod-day1-pull
 
-.PHONY: all build static test lint unit-tests test-vm bench golden install install-bin install-systemd install-dracut example clean
+.PHONY: all build static test lint unit-tests install-check test-vm bench golden install install-bin install-systemd install-dracut example clean
 
 all: build
 
@@ -24,7 +24,7 @@ static:
 # The one test command (README, .ci/run): installs what it needs, then runs everything.
 test:
 	hack/install-deps unit
-	$(MAKE) lint unit-tests
+	$(MAKE) lint unit-tests install-check
 
 lint:
 	$(CARGO) fmt --all --check
@@ -47,6 +47,14 @@ golden:
 
 example:
 	$(CARGO) run -q -p mcgen -- --spec examples/e1000.yaml
+
+# make install into a scratch DESTDIR, checked file by file.
+install-check: static
+	d=$$(mktemp -d) && $(MAKE) -s install DESTDIR=$$d PREFIX=/usr && \
+	test -x $$d/usr/bin/kmod-day1-load && test -x $$d/usr/bin/kmod-day1-pull && \
+	grep -qx 'ExecStart=/usr/bin/kmod-day1-load' $$d/etc/systemd/system/kmod-day1-load.service && \
+	grep -qx 'ExecStart=/usr/bin/kmod-day1-pull' $$d/etc/systemd/system/kmod-day1-pull.service && \
+	rm -rf $$d && echo "install-check: ok"
 
 install: install-bin install-systemd install-dracut
 
