@@ -9,7 +9,7 @@ TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 NODE_BINS := kmod-day1-load kmod-day1-pull
 
-.PHONY: all build static test lint unit-tests install-check test-vm bench golden install install-bin install-systemd install-dracut example clean
+.PHONY: all build static test lint unit-tests install-check dracut-check test-vm bench golden install install-bin install-systemd install-dracut example clean
 
 all: build
 
@@ -24,7 +24,7 @@ static:
 # The one test command (README, .ci/run): installs what it needs, then runs everything.
 test:
 	hack/install-deps unit
-	$(MAKE) lint unit-tests install-check
+	$(MAKE) lint unit-tests install-check dracut-check
 
 lint:
 	$(CARGO) fmt --all --check
@@ -56,6 +56,10 @@ install-check: static
 	grep -qx 'ExecStart=/usr/bin/kmod-day1-pull' $$d/etc/systemd/system/kmod-day1-pull.service && \
 	rm -rf $$d && echo "install-check: ok"
 
+# Builds an initramfs with the real dracut and checks what the module put in it.
+dracut-check:
+	dracut/test-module.sh
+
 install: install-bin install-systemd install-dracut
 
 install-bin: static
@@ -65,9 +69,11 @@ install-systemd:
 	install -d $(DESTDIR)$(SYSTEMDDIR)
 	for u in units/*.service; do sed 's#/usr/local/bin/#$(BINDIR)/#' $$u > $(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u); chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u); done
 
-# The initramfs stage is planned (dracut/README.md): nothing to install yet.
 install-dracut:
-	@true
+	install -d $(DESTDIR)$(DRACUTDIR)/50kmod-day1
+	sed "s#/usr/local/bin/#$(BINDIR)/#" dracut/50kmod-day1/module-setup.sh > $(DESTDIR)$(DRACUTDIR)/50kmod-day1/module-setup.sh
+	chmod 0755 $(DESTDIR)$(DRACUTDIR)/50kmod-day1/module-setup.sh
+	sed 's#/usr/local/bin/#$(BINDIR)/#' units/kmod-day1-load.service > $(DESTDIR)$(DRACUTDIR)/50kmod-day1/kmod-day1-load.service
 
 clean:
 	$(CARGO) clean

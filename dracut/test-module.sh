@@ -1,0 +1,52 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds an initramfs with the real dracut and the kmod-day1 module from a scratch root
+# (KMOD_DAY1_ROOT), then checks with lsinitrd that it holds the loader, the configs,
+# the enabled unit, the refs of the target kernel and their trees, and nothing of the
+# other kernel. Needs root and dracut-core (hack/install-deps).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+kver=6.1.0-kd1test
+other=6.1.0-kd1other
+sys=$work/sysroot
+base=$work/dracut
+
+# dracut's own modules plus ours, as `make install-dracut` lays it out.
+cp -a /usr/lib/dracut "$base"
+make -s -C "$here/.." install-dracut DESTDIR="$work/inst" DRACUTDIR=/modules.d
+cp -a "$work/inst/modules.d/50kmod-day1" "$base/modules.d/"
+
+# A node root: loader, config, store with one ref per kernel.
+mkdir -p "$sys/usr/local/bin" "$sys/etc/kmod-day1/config.d" "$sys/lib/modules/$kver"
+printf '#!/bin/sh\n' > "$sys/usr/local/bin/kmod-day1-load"
+chmod 0755 "$sys/usr/local/bin/kmod-day1-load"
+echo '{"version": 1, "moduleSets": []}' > "$sys/etc/kmod-day1/config.d/99-test.json"
+for k in $kver $other; do
+    tree=$(printf '%s' "$k" | sha256sum | cut -c1-64)
+    mkdir -p "$sys/var/lib/kmod-day1/refs/99-test/e1000" "$sys/var/lib/kmod-day1/trees/$tree/modules/extra"
+    printf 'ko for %s\n' "$k" > "$sys/var/lib/kmod-day1/trees/$tree/modules/extra/e1000.ko"
+    printf '{\n  "version": 1,\n  "image": "r/x:%s",\n  "manifestDigest": "sha256:00",\n  "tree": "%s",\n  "committedAt": 1\n}\n' "$k" "$tree" \
+        > "$sys/var/lib/kmod-day1/refs/99-test/e1000/$k.json"
+done
+want_tree=$(printf '%s' "$kver" | sha256sum | cut -c1-64)
+other_tree=$(printf '%s' "$other" | sha256sum | cut -c1-64)
+
+KMOD_DAY1_ROOT=$sys dracutbasedir=$base dracut --quiet --no-hostonly --no-kernel \
+    --modules "systemd kmod-day1" --kver "$kver" --tmpdir "$work" --force "$work/initrd.img"
+lsinitrd "$work/initrd.img" > "$work/list"
+
+fail=0
+expect() { grep -q -- "$1" "$work/list" || { echo "missing from the initramfs: $1"; fail=1; }; }
+refuse() { ! grep -q -- "$1" "$work/list" || { echo "must not be in the initramfs: $1"; fail=1; }; }
+expect ' usr/local/bin/kmod-day1-load$'
+expect ' etc/kmod-day1/config.d/99-test.json$'
+expect " var/lib/kmod-day1/refs/99-test/e1000/$kver.json$"
+expect " var/lib/kmod-day1/trees/$want_tree/modules/extra/e1000.ko$"
+expect 'kmod-day1-load.service$'
+expect 'sysinit.target.wants/kmod-day1-load.service'
+refuse "$other.json"
+refuse "$other_tree"
+[ $fail = 0 ] || { cat "$work/list" | grep -i kmod-day1; exit 1; }
+echo "dracut module: ok"
