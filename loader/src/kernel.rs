@@ -168,9 +168,10 @@ pub fn explain_load_error(errno: Errno, path: &Path, unknown_symbols: &[String])
 /// Why unloading a module failed, in plain words.
 pub fn explain_unload_error(errno: Errno, name: &str) -> String {
     let what = match errno {
-        Errno::EBUSY | Errno::EAGAIN => {
+        Errno::EAGAIN => {
             format!("{name} is in use: stop what uses it, or list its users before it in inTreeModulesToRemove")
         }
+        Errno::EBUSY => format!("{name} stayed busy (still initialising or being unloaded)"),
         Errno::ENOENT => format!("{name} is not loaded"),
         Errno::EPERM => {
             "operation not permitted: run as root; module unloading may be disabled".to_string()
@@ -244,7 +245,7 @@ mod tests {
             assert!(got.contains(want), "{errno:?}: {got}");
             assert!(got.contains(&format!("[{errno:?}]")), "{got}");
         }
-        assert!(explain_unload_error(Errno::EBUSY, "ice").contains("ice is in use"));
+        assert!(explain_unload_error(Errno::EBUSY, "ice").contains("ice stayed busy"));
         assert!(explain_unload_error(Errno::EAGAIN, "ice").contains("ice is in use"));
         assert!(explain_unload_error(Errno::ENOENT, "ice").contains("not loaded"));
         assert!(explain_unload_error(Errno::EPERM, "ice").contains("root"));

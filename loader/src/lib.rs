@@ -16,6 +16,7 @@ pub mod decompress;
 pub mod firmware;
 pub mod kernel;
 pub mod kmsg;
+pub mod log;
 pub mod modinfo;
 pub mod modules_dep;
 pub mod plan;
@@ -176,7 +177,7 @@ pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<u8> {
     }
     let count = |s: SetState| status.sets.iter().filter(|x| x.state == s).count();
     info!(
-        "done in {:.1} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed; exit code {code}",
+        "done in {} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed; exit code {code}",
         ms(started.elapsed()),
         count(SetState::Loaded),
         count(SetState::NotStored),
@@ -306,11 +307,11 @@ fn handle_set(
     st.overhead_us = started.elapsed().saturating_sub(kernel).as_micros() as u64;
     match (&st.state, &st.error) {
         (SetState::Loaded, _) => info!(
-            "{label}: loaded: {} modules ({} already loaded), kernel {:.1} ms, own {:.1} ms",
+            "{label}: loaded: {} modules ({} already loaded), kernel {} ms, own {} ms",
             st.modules.len(),
             st.modules.iter().filter(|m| m.already_loaded).count(),
-            st.kernel_us as f64 / 1000.0,
-            st.overhead_us as f64 / 1000.0
+            ms(std::time::Duration::from_micros(st.kernel_us)),
+            ms(std::time::Duration::from_micros(st.overhead_us))
         ),
         (SetState::Failed, Some(e)) if st.rolled_back => {
             error!("{label}: failed and rolled back: {e}")

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use kmod_day1_load::cli::{parse_args, Command, HELP};
 use kmod_day1_load::kernel::LinuxKernel;
+use kmod_day1_load::log::StderrLog;
 use kmod_day1_load::{run, EXIT_USAGE};
 use tracing::error;
 
@@ -24,17 +25,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .with_max_level(if opts.verbose {
-            tracing::Level::DEBUG
-        } else {
-            tracing::Level::INFO
-        })
-        .init();
+    StderrLog::new(if opts.verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    })
+    .install();
     let mut kernel = LinuxKernel::new(&opts.sysfs, &opts.kmsg);
     match run(&opts, &mut kernel) {
         Ok(code) => ExitCode::from(code),

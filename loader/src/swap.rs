@@ -23,6 +23,10 @@ use crate::plan::{plan_set, Origin, PlannedModule, PreflightError, Resolver};
 /// the swap) unloads it again and retries.
 const EEXIST_RETRIES: usize = 3;
 
+/// Retries and wait of an unload that finds the module busy (state coming or going).
+const EBUSY_RETRIES: usize = 20;
+const EBUSY_WAIT: Duration = Duration::from_millis(25);
+
 /// The node around a swap.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
@@ -245,7 +249,7 @@ impl Swap<'_, '_> {
                 Err(e) => warn!("{}: {e}: the kernel may not find the firmware", self.label),
             }
             info!(
-                "{}: firmware installed in {}: {} written, {} unchanged in {:.1} ms",
+                "{}: firmware installed in {}: {} written, {} unchanged in {} ms",
                 self.label,
                 self.node.firmware_dir.display(),
                 c.written,
@@ -281,7 +285,7 @@ impl Swap<'_, '_> {
             .delete(name)
             .map_err(|e| format!("unloading in-tree {name}: {e}"))?;
         self.removed.push(name.to_owned());
-        info!("{}: unloaded in-tree {name} in {:.1} ms", self.label, ms(d));
+        info!("{}: unloaded in-tree {name} in {} ms", self.label, ms(d));
         Ok(())
     }
 
@@ -321,7 +325,7 @@ impl Swap<'_, '_> {
                 let d = self.load_with_retry(m)?;
                 self.loaded_by_us.push(m.name.clone());
                 info!(
-                    "{}: loaded {} {} srcversion {} from {} in {:.1} ms",
+                    "{}: loaded {} {} srcversion {} from {} in {} ms",
                     self.label,
                     m.name,
                     version.as_deref().unwrap_or("(no version)"),
@@ -416,15 +420,28 @@ impl Swap<'_, '_> {
     }
 
     /// `delete_module`, timed; not loaded counts as done.
+    ///
+    /// EBUSY means the module is still initialising or going away (udev's coldplug
+    /// `modprobe` may be loading it right now, as the unit does not wait for udev to
+    /// settle): that passes in milliseconds, so it is retried for up to half a second.
     fn delete(&mut self, name: &str) -> Result<Duration, String> {
-        let t = Instant::now();
-        let r = self.k.delete_module(name);
-        let d = t.elapsed();
-        self.kernel += d;
-        match r {
-            Ok(()) | Err(Errno::ENOENT) => Ok(d),
-            Err(e) => Err(explain_unload_error(e, name)),
+        let mut total = Duration::ZERO;
+        for attempt in 0..=EBUSY_RETRIES {
+            let t = Instant::now();
+            let r = self.k.delete_module(name);
+            let d = t.elapsed();
+            self.kernel += d;
+            total += d;
+            match r {
+                Ok(()) | Err(Errno::ENOENT) => return Ok(total),
+                Err(Errno::EBUSY) if attempt < EBUSY_RETRIES => {
+                    debug!("{}: {name} is busy (initialising?): retrying", self.label);
+                    std::thread::sleep(EBUSY_WAIT);
+                }
+                Err(e) => return Err(explain_unload_error(e, name)),
+            }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Unloads what this run loaded (last first), then loads back the in-tree modules it
@@ -463,7 +480,7 @@ impl Swap<'_, '_> {
                 }
                 match self.load_file(&m.name, &m.path, "") {
                     Ok(d) => info!(
-                        "{}: rollback: loaded back in-tree {} in {:.1} ms",
+                        "{}: rollback: loaded back in-tree {} in {} ms",
                         self.label,
                         m.name,
                         ms(d)
@@ -480,9 +497,20 @@ impl Swap<'_, '_> {
     }
 }
 
-/// Milliseconds, for log lines.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// Milliseconds with one decimal, for log lines (integer arithmetic: no float formatting
+/// code in the binary).
+pub fn ms(d: Duration) -> Millis {
+    Millis(d.as_micros())
+}
+
+/// A duration printed as milliseconds, e.g. `12.3`.
+#[derive(Debug, Clone, Copy)]
+pub struct Millis(u128);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0 / 1000, self.0 % 1000 / 100)
+    }
 }
 
 #[cfg(test)]
@@ -595,7 +623,7 @@ mod tests {
             ("a wrong kernel", |_, k| k.fail_load("ice", Errno::ENOEXEC), "invalid module format: built for another kernel?"),
             (
                 "unloading the second in-tree module",
-                |_, k| k.fail_unload("ice", Errno::EBUSY),
+                |_, k| k.fail_unload("ice", Errno::EAGAIN),
                 "ice is in use",
             ),
             (
@@ -755,6 +783,31 @@ mod tests {
                 "load ice"
             ]
         );
+    }
+
+    #[test]
+    fn milliseconds_print_with_one_decimal() {
+        assert_eq!(ms(Duration::from_micros(12_345)).to_string(), "12.3");
+        assert_eq!(ms(Duration::from_micros(99)).to_string(), "0.0");
+        assert_eq!(ms(Duration::from_secs(2)).to_string(), "2000.0");
+    }
+
+    #[test]
+    fn a_module_still_initialising_is_waited_for() {
+        let (f, mut k) = ice_node();
+        k.fail_unload("ice", Errno::EBUSY);
+        k.fail_unload("ice", Errno::EBUSY);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(k.calls[..3], ["unload ice", "unload ice", "unload ice"]);
+
+        let (f, mut k) = ice_node();
+        for _ in 0..=EBUSY_RETRIES {
+            k.fail_unload("ice", Errno::EBUSY);
+        }
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert!(r.error.unwrap().contains("[EBUSY]"));
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
     }
 
     #[test]
