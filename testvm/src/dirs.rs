@@ -48,10 +48,17 @@ impl Dirs {
     }
 }
 
-/// Writes `text` to `path`, creating parent directories.
+/// Writes `text` to `path`, creating parent directories. An existing file is unlinked
+/// first, never rewritten in place: VM roots are hard-link copies of the cached image.
 pub fn write_file(path: &Path, text: impl AsRef<[u8]>) -> Result<()> {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", path.display()))
+        }
+        _ => {}
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -101,13 +101,38 @@ pub fn first_line<'a>(serial: &'a str, needle: &str) -> Option<(Option<f64>, &'a
 /// Up to `n` lines around the first line holding `needle` (or the last `n` lines), as
 /// evidence for a failed assertion.
 pub fn excerpt(serial: &str, needle: &str, n: usize) -> String {
-    let lines: Vec<&str> = serial.lines().filter(|l| !l.contains(PREFIX)).collect();
+    let clean = strip_ansi(serial);
+    let lines: Vec<&str> = clean
+        .lines()
+        .filter(|l| !l.contains(PREFIX) && !l.contains("/start running ("))
+        .collect();
     let at = lines.iter().position(|l| l.contains(needle));
     let (start, end) = match at {
         Some(i) => (i.saturating_sub(n / 2), (i + n / 2).min(lines.len())),
         None => (lines.len().saturating_sub(n), lines.len()),
     };
     lines[start..end].join("\n")
+}
+
+/// The text without terminal escape sequences (systemd colours its console status).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -144,6 +169,10 @@ mod tests {
         assert_eq!(t, Some(1.0));
         assert!(l.ends_with("something"));
         assert!(!excerpt(serial, "e1000:", 4).contains("KD1-MARK"));
+        assert_eq!(
+            strip_ansi("[\u{1b}[0;32m  OK  \u{1b}[0m] Reached\r"),
+            "[  OK  ] Reached"
+        );
     }
 
     #[test]

@@ -14,6 +14,10 @@ use crate::cmd::run;
 /// Target of the static node binaries (see the Makefile's `static`).
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// Environment variable: use the binaries already built instead of running cargo (quick
+/// iterations on the harness itself).
+pub const NO_BUILD_ENV: &str = "KMOD_DAY1_VM_NO_BUILD";
+
 /// What could be built.
 #[derive(Debug, Clone, Default)]
 pub struct Tools {
@@ -50,14 +54,14 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+fn no_build() -> bool {
+    std::env::var_os(NO_BUILD_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 fn build_node_bins(repo: &Path) -> Result<PathBuf> {
-    info!("building the static node binaries (kmod-day1-load, kmod-day1-pull)");
-    run(cargo()
-        .current_dir(repo)
-        .args(["build", "--release", "--target", STATIC_TARGET])
-        .args(["-p", "kmod-day1-load", "-p", "kmod-day1-pull"])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))
-    .context("building the static node binaries")?;
+    if !no_build() {
+        build_node_bins_with_cargo(repo)?;
+    }
     let dir = repo.join("target").join(STATIC_TARGET).join("release");
     for b in ["kmod-day1-load", "kmod-day1-pull"] {
         is_real_binary(&dir.join(b))?;
@@ -65,12 +69,25 @@ fn build_node_bins(repo: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn build_mcgen(repo: &Path) -> Result<PathBuf> {
-    info!("building mcgen");
+fn build_node_bins_with_cargo(repo: &Path) -> Result<()> {
+    info!("building the static node binaries (kmod-day1-load, kmod-day1-pull)");
     run(cargo()
         .current_dir(repo)
-        .args(["build", "--release", "-p", "mcgen"]))
-    .context("building mcgen")?;
+        .args(["build", "--release", "--target", STATIC_TARGET])
+        .args(["-p", "kmod-day1-load", "-p", "kmod-day1-pull"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))
+    .context("building the static node binaries")?;
+    Ok(())
+}
+
+fn build_mcgen(repo: &Path) -> Result<PathBuf> {
+    if !no_build() {
+        info!("building mcgen");
+        run(cargo()
+            .current_dir(repo)
+            .args(["build", "--release", "-p", "mcgen"]))
+        .context("building mcgen")?;
+    }
     let p = repo.join("target/release/mcgen");
     is_real_binary(&p)?;
     Ok(p)

@@ -20,8 +20,11 @@ pub const BOOT_TIMEOUT_ENV: &str = "KMOD_DAY1_VM_BOOT_TIMEOUT";
 const DEFAULT_BOOT_TIMEOUT: u64 = 480;
 
 /// Kernel command line of every boot (scenarios may add words).
+/// `printk.devkmsg=on`: the markers are many /dev/kmsg writes, which are rate-limited by
+/// default. `systemd.show_status=error`: the console keeps failures only, which is less
+/// serial output to emulate and cleaner evidence.
 pub const BASE_CMDLINE: &str =
-    "root=/dev/vda rw console=ttyS0 panic=-1 printk.devkmsg=on net.ifnames=0";
+    "root=/dev/vda rw console=ttyS0 panic=-1 printk.devkmsg=on net.ifnames=0 systemd.show_status=error";
 
 /// How a boot ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +289,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("-no-reboot"));
-        assert!(line.contains("net.ifnames=0 kmod_day1.disable"), "{line}");
+        assert!(
+            line.contains("show_status=error kmod_day1.disable"),
+            "{line}"
+        );
         assert!(line.contains("-device e1000,netdev=n0"));
     }
 }

@@ -292,12 +292,15 @@ fn extract_boot_files(root: &Path, boot: &Path, release: &str) -> Result<VmKerne
     })
 }
 
-/// Copies the cached root to `dest` for one run's changes.
+/// Copies the cached root to `dest` for one run's changes: a hard-link copy (1 s instead of
+/// a minute for 1.1 GB). Safe because nothing edits a file of the copy in place: the
+/// harness unlinks before writing (`dirs::write_file`), Ignition writes new files and
+/// renames them into place, and `systemctl preset` only adds symlinks.
 pub fn copy_root(img: &VmImage, dest: &Path) -> Result<()> {
     if dest.exists() {
         std::fs::remove_dir_all(dest).with_context(|| format!("removing {}", dest.display()))?;
     }
-    run(Command::new("cp").arg("-a").arg(&img.root).arg(dest))
+    run(Command::new("cp").arg("-al").arg(&img.root).arg(dest))
         .with_context(|| format!("copying the VM root to {}", dest.display()))?;
     Ok(())
 }
