@@ -31,6 +31,21 @@
 //! assert_eq!(registry.blob_gets(), 0);
 //! ```
 //!
+//! # Faults at a glance
+//!
+//! | scenario | rule |
+//! |---|---|
+//! | 500s, then recovery | `Fault::status(500).on("/blobs/").times(2)` |
+//! | 429 + Retry-After | `Fault::status_retry_after(429, 1).on("/manifests/").times(1)` |
+//! | connection cut mid-blob | `Fault::CutAfter { bytes: 4096 }.on(&layer.digest).times(1)` |
+//! | server stalls mid-blob | `Fault::StallAfter { bytes: 4096 }.on("/blobs/")` |
+//! | bytes do not match the digest | `Fault::CorruptBody.on("/blobs/")`, or [`Registry::push_blob_as`] |
+//! | manifest content lies | `Fault::LyingManifest.on("/manifests/")`, `Fault::ReplaceBody(..)` |
+//! | digest header lies | `Fault::WrongDigestHeader.on("/manifests/")` |
+//! | slow server | `Fault::Slow { bytes_per_sec: 64 * 1024 }.everywhere()` |
+//! | hangs before answering | `Fault::Delay(Duration::from_secs(30)).on("/v2/")` |
+//! | closes without answering | `Fault::Drop.on("/manifests/").times(1)` |
+//!
 //! # Design
 //!
 //! - The server runs on a thread of its own with a current-thread tokio runtime, so it keeps
