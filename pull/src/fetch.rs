@@ -72,6 +72,8 @@ pub enum FetchError {
         what: String,
         /// The cause chain.
         message: String,
+        /// Whether trying again may help (not for a certificate or protocol mismatch).
+        retry: bool,
     },
     /// A non-success HTTP status.
     #[error("{url} answered HTTP {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
@@ -123,7 +125,7 @@ impl FetchError {
     /// Whether trying again may help.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } => true,
+            Self::Transport { retry, .. } => *retry,
             Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
             _ => false,
         }
@@ -138,9 +140,28 @@ impl FetchError {
     }
 
     fn transport(what: impl Into<String>, e: &dyn std::error::Error) -> Self {
+        // reqwest's own top line repeats the URL ("error sending request for url (...)"):
+        // the causes say more.
+        let mut message = match e.source() {
+            Some(cause) => error_chain(cause),
+            None => e.to_string(),
+        };
+        let lower = message.to_ascii_lowercase();
+        // A certificate or protocol mismatch does not heal: fail now, with what to do.
+        let mut retry = true;
+        if lower.contains("certificate") || lower.contains("unknownissuer") {
+            message.push_str(" (a registry with a private CA needs it in /etc/containers/certs.d/<host[:port]>/ca.crt)");
+            retry = false;
+        } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+            message.push_str(
+                " (the registry may speak plain HTTP: mark it insecure = true in registries.conf)",
+            );
+            retry = false;
+        }
         Self::Transport {
             what: what.into(),
-            message: error_chain(e),
+            message,
+            retry,
         }
     }
 }
@@ -676,6 +697,7 @@ impl<'a> Repo<'a> {
                     "the connection ended after {} of {} bytes",
                     dl.written, layer.size
                 ),
+                retry: true,
             });
         }
         let got = dl.hasher.clone().finish();

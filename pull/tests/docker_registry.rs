@@ -35,6 +35,11 @@ fn require(bin: &str, package: &str) {
 }
 
 fn start_registry() -> DockerRegistry {
+    start_registry_tls(None)
+}
+
+/// `tls`: (certificate chain, key) files for HTTPS.
+fn start_registry_tls(tls: Option<(&Path, &Path)>) -> DockerRegistry {
     require("/usr/bin/docker-registry", "docker-registry");
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
@@ -44,10 +49,17 @@ fn start_registry() -> DockerRegistry {
         .port();
     let host = format!("127.0.0.1:{port}");
     let cfg = dir.path().join("config.yml");
+    let tls_cfg = tls.map_or(String::new(), |(c, k)| {
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            c.display(),
+            k.display()
+        )
+    });
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n{tls_cfg}",
             dir.path().join("data").display()
         ),
     )
@@ -62,6 +74,9 @@ fn start_registry() -> DockerRegistry {
     let t = Instant::now();
     loop {
         if let Ok(mut s) = TcpStream::connect(&host) {
+            if tls.is_some() {
+                break;
+            }
             let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
             let mut buf = [0u8; 12];
             if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
@@ -82,7 +97,7 @@ fn start_registry() -> DockerRegistry {
 }
 
 /// Writes `img` as an OCI image layout and pushes it with skopeo.
-fn skopeo_push(img: &BuiltImage, dest: &str) {
+fn skopeo_push(img: &BuiltImage, dest: &str, cert_dir: Option<&Path>) {
     require("/usr/bin/skopeo", "skopeo");
     let d = tempfile::tempdir().unwrap();
     let blobs = d.path().join("blobs/sha256");
@@ -111,12 +126,11 @@ fn skopeo_push(img: &BuiltImage, dest: &str) {
     )
     .unwrap();
     let out = Command::new("/usr/bin/skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--preserve-digests",
-        ])
+        .args(["copy", "--quiet", "--preserve-digests"])
+        .arg(match cert_dir {
+            Some(c) => format!("--dest-cert-dir={}", c.display()),
+            None => "--dest-tls-verify=false".into(),
+        })
         .arg(format!("oci:{}:t", d.path().display()))
         .arg(format!("docker://{dest}"))
         .env("HOME", d.path())
@@ -153,7 +167,7 @@ fn image(marker: &str) -> BuiltImage {
 fn pulls_by_tag_by_digest_and_through_a_mirror() {
     let reg = start_registry();
     let img = image("real-registry");
-    skopeo_push(&img, &format!("{}/kmod/e1000:{K}", reg.host));
+    skopeo_push(&img, &format!("{}/kmod/e1000:{K}", reg.host), None);
 
     // By tag (the kernel release, as KMM does).
     let node = Node::new();
@@ -183,7 +197,7 @@ fn pulls_by_tag_by_digest_and_through_a_mirror() {
 
     // Through a mirror, by digest only: the image exists only in the mirror's repository.
     let mirrored = image("from-mirror");
-    skopeo_push(&mirrored, &format!("{}/mirror/e1000:{K}", reg.host));
+    skopeo_push(&mirrored, &format!("{}/mirror/e1000:{K}", reg.host), None);
     let node = Node::new();
     node.registries_conf(&format!(
         "[[registry]]\nprefix = \"{h}/source\"\ninsecure = true\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"{h}/mirror\"\ninsecure = true\n",
@@ -209,4 +223,115 @@ fn pulls_by_tag_by_digest_and_through_a_mirror() {
     node2.config(&format!("{}/source/e1000", reg.host), "");
     node2.run(10).expect(1).says("source/e1000");
     node2.assert_store_empty();
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn https_with_a_ca_from_certs_d() {
+    require("/usr/bin/openssl", "openssl");
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path();
+    openssl(
+        p,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kmod-day1 test CA",
+        ],
+    );
+    openssl(
+        p,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        p.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        p,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let reg = start_registry_tls(Some((&p.join("leaf.crt"), &p.join("leaf.key"))));
+    let img = image("over-tls");
+    // skopeo needs the CA too.
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(certs.path().join(&reg.host)).unwrap();
+    std::fs::copy(
+        p.join("ca.crt"),
+        certs.path().join(&reg.host).join("ca.crt"),
+    )
+    .unwrap();
+    skopeo_push(
+        &img,
+        &format!("{}/kmod/e1000:{K}", reg.host),
+        Some(&certs.path().join(&reg.host)),
+    );
+    let node = Node::new();
+    node.config(&format!("{}/kmod/e1000", reg.host), "");
+    // Without the CA: a TLS error, nothing stored.
+    node.run(5).expect(1).says(&reg.host).says("certs.d");
+    node.assert_store_empty();
+    // With the CA in certs.d/<host>/: verified and committed.
+    std::fs::create_dir_all(node.path("certs.d").join(&reg.host)).unwrap();
+    std::fs::copy(
+        p.join("ca.crt"),
+        node.path("certs.d").join(&reg.host).join("ca.crt"),
+    )
+    .unwrap();
+    node.run(30).expect(0).says("committed");
+    assert_eq!(node.ref_record(K).unwrap().manifest_digest, img.digest);
 }

@@ -380,3 +380,49 @@ fn config_errors_exit_2() {
     node.run(5).expect(2).says("version 1");
     node.assert_store_empty();
 }
+
+#[test]
+fn http_proxy_and_no_proxy_from_the_environment() {
+    // The test registry answers absolute-form requests, so it can play the proxy for a
+    // registry name that does not resolve.
+    let proxy = Registry::start().unwrap();
+    let digest = proxy.push_image(REPO, K, &kmod_image(K, "via-proxy"));
+    let node = Node::new();
+    node.insecure(&["kmod-registry.invalid:5000"]);
+    node.config(&format!("kmod-registry.invalid:5000/{REPO}"), "");
+    let out = node
+        .command(20)
+        .env("HTTP_PROXY", format!("http://{}", proxy.host()))
+        .env("NO_PROXY", "localhost,127.0.0.1")
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(0).says("committed");
+    assert_committed(&node, &digest, "via-proxy");
+    assert!(proxy.requests().iter().all(|r| r.proxied));
+
+    // NO_PROXY covers the registry: it is reached directly, the proxy sees nothing.
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    proxy.clear_requests();
+    let out = node
+        .command(20)
+        .env("HTTP_PROXY", format!("http://{}", proxy.host()))
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(0).says("committed");
+    assert_committed(&node, &digest, "oot-1");
+    assert!(proxy.requests().is_empty());
+}
+
+#[test]
+fn a_plain_http_registry_not_marked_insecure_says_so() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.registries_conf("");
+    let t = Instant::now();
+    // Not retried: the budget is not spent on a mistake that cannot heal.
+    node.run(30).expect(1).says("insecure = true");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    node.assert_store_empty();
+}
