@@ -32,8 +32,66 @@ pub fn module_name_of(path: &str) -> Option<String> {
     (!stem.is_empty()).then(|| stem.replace('-', "_"))
 }
 
-/// Parses `modules.dep` text. Relative paths are joined to `base`. With `contained`, a
-/// path that is absolute or climbs out with `..` is an error (an image is untrusted input).
+/// Parses one `modules.dep` line (`None` for blank lines and comments). `n` is the line
+/// number for messages.
+fn parse_line(
+    base: &Path,
+    n: usize,
+    line: &str,
+    contained: bool,
+) -> Result<Option<(String, DepEntry)>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let Some((module, deps)) = line.split_once(':') else {
+        return Err(format!("modules.dep line {n}: no ':' in {line:?}"));
+    };
+    let resolve = |p: &str| -> Result<(String, PathBuf), String> {
+        let name = module_name_of(p)
+            .ok_or_else(|| format!("modules.dep line {n}: {p:?} is not a module file"))?;
+        let rel = Path::new(p);
+        if contained
+            && rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(format!(
+                "modules.dep line {n}: {p:?} points outside the module directory"
+            ));
+        }
+        Ok((name, base.join(rel)))
+    };
+    let (name, path) = resolve(module.trim())?;
+    let mut names = vec![];
+    for d in deps.split_whitespace() {
+        names.push(resolve(d)?.0);
+    }
+    Ok(Some((name, DepEntry { path, deps: names })))
+}
+
+/// Whether the module file named at the start of `line` (up to `:`) is module `name`
+/// (kernel form), without allocating: the node's `modules.dep` has thousands of lines
+/// and is scanned on the boot path.
+fn names_module(line: &str, name: &str) -> bool {
+    let path = line.split(':').next().unwrap_or_default().trim();
+    let base = path.rsplit('/').next().unwrap_or_default();
+    let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|ext| base.strip_suffix(ext))
+    else {
+        return false;
+    };
+    stem.len() == name.len()
+        && stem
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+}
+
+/// Parses all of a `modules.dep` text. Relative paths are joined to `base`. With
+/// `contained`, a path that is absolute or climbs out with `..` is an error (an image is
+/// untrusted input). When a module is listed twice, the first line wins, as in modprobe.
 pub fn parse_modules_dep(
     base: &Path,
     text: &str,
@@ -41,37 +99,9 @@ pub fn parse_modules_dep(
 ) -> Result<HashMap<String, DepEntry>, String> {
     let mut map = HashMap::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+        if let Some((name, e)) = parse_line(base, n + 1, line, contained)? {
+            map.entry(name).or_insert(e);
         }
-        let Some((module, deps)) = line.split_once(':') else {
-            return Err(format!("modules.dep line {}: no ':' in {line:?}", n + 1));
-        };
-        let resolve = |p: &str| -> Result<(String, PathBuf), String> {
-            let name = module_name_of(p)
-                .ok_or_else(|| format!("modules.dep line {}: {p:?} is not a module file", n + 1))?;
-            let rel = Path::new(p);
-            if contained
-                && rel
-                    .components()
-                    .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-            {
-                return Err(format!(
-                    "modules.dep line {}: {p:?} points outside the module directory",
-                    n + 1
-                ));
-            }
-            Ok((name, base.join(rel)))
-        };
-        let (name, path) = resolve(module.trim())?;
-        let mut names = vec![];
-        for d in deps.split_whitespace() {
-            names.push(resolve(d)?.0);
-        }
-        // depmod lists each module once; should a file hold it twice, the first wins, as
-        // in modprobe.
-        map.entry(name).or_insert(DepEntry { path, deps: names });
     }
     Ok(map)
 }
@@ -83,19 +113,23 @@ pub fn parse_modules_builtin(text: &str) -> HashSet<String> {
         .collect()
 }
 
-/// A module directory (`/lib/modules/<kver>` or a store tree's `modules/`), read on first
-/// use: most boots never need the node's own, large, `modules.dep`.
+/// A module directory (`/lib/modules/<kver>` or a store tree's `modules/`). Files are read
+/// on first use and scanned per lookup rather than parsed whole: most boots never need
+/// the node's `modules.dep` (0.5 MiB), and those that do look up a handful of names.
 #[derive(Debug)]
 pub struct ModuleIndex {
     base: PathBuf,
     contained: bool,
     loaded: OnceCell<Result<Indexed, String>>,
+    builtin: OnceCell<HashSet<String>>,
 }
 
 #[derive(Debug)]
-struct Indexed {
-    modules: HashMap<String, DepEntry>,
-    builtin: HashSet<String>,
+enum Indexed {
+    /// The text of `modules.dep`.
+    Dep(String),
+    /// No `modules.dep`: the `*.ko*` files found.
+    Walked(HashMap<String, DepEntry>),
 }
 
 impl ModuleIndex {
@@ -114,6 +148,7 @@ impl ModuleIndex {
             base,
             contained,
             loaded: OnceCell::new(),
+            builtin: OnceCell::new(),
         }
     }
 
@@ -131,30 +166,44 @@ impl ModuleIndex {
 
     fn read(&self) -> Result<Indexed, String> {
         let dep = self.base.join("modules.dep");
-        let modules = match std::fs::read_to_string(&dep) {
-            Ok(text) => parse_modules_dep(&self.base, &text, self.contained)
-                .map_err(|e| format!("{}: {e}", dep.display()))?,
+        match std::fs::read_to_string(&dep) {
+            Ok(text) => Ok(Indexed::Dep(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut m = HashMap::new();
                 walk_modules(&self.base, &mut m, 0);
-                m
+                Ok(Indexed::Walked(m))
             }
-            Err(e) => return Err(format!("reading {}: {e}", dep.display())),
-        };
-        let builtin = std::fs::read_to_string(self.base.join("modules.builtin"))
-            .map(|t| parse_modules_builtin(&t))
-            .unwrap_or_default();
-        Ok(Indexed { modules, builtin })
+            Err(e) => Err(format!("reading {}: {e}", dep.display())),
+        }
     }
 
     /// The module called `name` (kernel form), if this directory has it.
-    pub fn lookup(&self, name: &str) -> Result<Option<&DepEntry>, String> {
-        Ok(self.indexed()?.modules.get(name))
+    pub fn lookup(&self, name: &str) -> Result<Option<DepEntry>, String> {
+        match self.indexed()? {
+            Indexed::Walked(m) => Ok(m.get(name).cloned()),
+            Indexed::Dep(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    if names_module(line, name) {
+                        let dep = self.base.join("modules.dep");
+                        return parse_line(&self.base, n + 1, line, self.contained)
+                            .map(|e| e.map(|(_, e)| e))
+                            .map_err(|e| format!("{}: {e}", dep.display()));
+                    }
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Whether `name` is built into the kernel, per `modules.builtin`.
     pub fn is_builtin(&self, name: &str) -> bool {
-        self.indexed().is_ok_and(|i| i.builtin.contains(name))
+        self.builtin
+            .get_or_init(|| {
+                std::fs::read_to_string(self.base.join("modules.builtin"))
+                    .map(|t| parse_modules_builtin(&t))
+                    .unwrap_or_default()
+            })
+            .contains(name)
     }
 }
 
@@ -238,6 +287,9 @@ mod tests {
         std::fs::write(d.path().join("notes.txt"), b"x").unwrap();
         let idx = ModuleIndex::image(d.path());
         let e = idx.lookup("oot_a").unwrap().unwrap();
+        assert!(names_module("kernel/x/oot-a.ko.xz: y.ko", "oot_a"));
+        assert!(!names_module("kernel/x/oot-ab.ko:", "oot_a"));
+        assert!(!names_module("kernel/x/oot_a.o:", "oot_a"));
         assert_eq!(e.path, d.path().join("extra/sub/oot-a.ko"));
         assert!(idx.lookup("notes").unwrap().is_none());
 

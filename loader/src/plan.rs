@@ -112,7 +112,7 @@ impl<'a> Resolver<'a> {
         }
         let err = |e: String| PreflightError(e);
         let from_image = match self.image {
-            Some(i) => i.lookup(name).map_err(err)?.cloned(),
+            Some(i) => i.lookup(name).map_err(err)?,
             None => None,
         };
         let (entry, origin) = match from_image {
@@ -124,7 +124,7 @@ impl<'a> Resolver<'a> {
                     self.kernel_release
                 )))
             }
-            None => match self.in_tree.lookup(name).map_err(err)?.cloned() {
+            None => match self.in_tree.lookup(name).map_err(err)? {
                 Some(e) => (e, Origin::InTree),
                 None if self.in_tree.is_builtin(name) || (self.present)(name) => return Ok(()),
                 None => {
