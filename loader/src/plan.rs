@@ -142,9 +142,17 @@ impl<'a> Resolver<'a> {
         let mut deps = entry.deps.clone();
         let info = match origin {
             Origin::Image => {
-                if !meta.is_file() {
+                // Neither the file nor a directory above it may lead out of the tree.
+                let inside = match (
+                    path.canonicalize(),
+                    self.image.map(|i| i.base().canonicalize()),
+                ) {
+                    (Ok(p), Some(Ok(b))) => p.starts_with(b),
+                    _ => false,
+                };
+                if !meta.is_file() || !inside {
                     return Err(PreflightError(format!(
-                        "module file {} in the image is not a regular file",
+                        "module file {} in the image is not a regular file inside the image's tree",
                         path.display()
                     )));
                 }
@@ -282,6 +290,29 @@ mod tests {
         // A dependency built into the kernel needs nothing.
         f.node_builtin("nowhere");
         assert_eq!(f.plan(&f.set(&["a"], &[])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn image_modules_cannot_lead_out_of_the_tree() {
+        let f = Fixture::new();
+        let outside = f.path("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("evil.ko"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, f.image_dir().join("extra")).unwrap();
+        f.image_dep("extra/evil.ko:\n");
+        let e = f.plan(&f.set(&["evil"], &[])).unwrap_err().to_string();
+        assert!(
+            e.contains("not a regular file inside the image's tree"),
+            "{e}"
+        );
+        std::fs::remove_file(f.image_dir().join("extra")).unwrap();
+        std::os::unix::fs::symlink(outside.join("evil.ko"), f.image_dir().join("evil.ko")).unwrap();
+        f.image_dep("evil.ko:\n");
+        let e = f.plan(&f.set(&["evil"], &[])).unwrap_err().to_string();
+        assert!(
+            e.contains("not a regular file inside the image's tree"),
+            "{e}"
+        );
     }
 
     #[test]
