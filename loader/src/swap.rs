@@ -79,6 +79,8 @@ struct Swap<'k, 'a> {
     kernel: Duration,
     loaded_by_us: Vec<String>,
     removed: Vec<String>,
+    /// `inTreeModulesToRemove`, kernel names.
+    removable: Vec<String>,
     modules: Vec<ModuleStatus>,
 }
 
@@ -91,6 +93,12 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
         kernel: Duration::ZERO,
         loaded_by_us: vec![],
         removed: vec![],
+        removable: input
+            .set
+            .in_tree_modules_to_remove
+            .iter()
+            .map(|m| m.kernel_name())
+            .collect(),
         modules: vec![],
     };
     let (plan, to_unload) = match s.preflight(input) {
@@ -349,22 +357,26 @@ impl Swap<'_, '_> {
         Ok(())
     }
 
-    /// Loads, and when udev loaded the in-tree module again meanwhile (EEXIST for a module
-    /// this run removed), unloads that and tries again.
+    /// Loads, and when udev loaded the in-tree module meanwhile (EEXIST for a module listed
+    /// in inTreeModulesToRemove: removed by this run and loaded again, or not loaded yet at
+    /// preflight and loaded since), unloads that and tries again. Rollback loads it back.
     fn load_with_retry(&mut self, m: &PlannedModule) -> Result<Duration, String> {
         let mut attempt = 0;
         loop {
             match self.load_file(&m.name, &m.path, &m.params) {
                 Err((Errno::EEXIST, _))
-                    if self.removed.contains(&m.name) && attempt < EEXIST_RETRIES =>
+                    if self.removable.contains(&m.name) && attempt < EEXIST_RETRIES =>
                 {
                     attempt += 1;
                     warn!(
-                        "{}: in-tree {} was loaded again (udev?): unloading it again",
+                        "{}: in-tree {} was loaded meanwhile (udev?): unloading it",
                         self.label, m.name
                     );
                     self.delete(&m.name)
                         .map_err(|e| format!("unloading in-tree {} again: {e}", m.name))?;
+                    if !self.removed.contains(&m.name) {
+                        self.removed.push(m.name.clone());
+                    }
                 }
                 Err((_, e)) => {
                     return Err(format!("loading {} ({}): {e}", m.name, m.path.display()))
@@ -808,6 +820,26 @@ mod tests {
         let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
         assert!(r.error.unwrap().contains("[EBUSY]"));
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+    }
+
+    #[test]
+    fn udev_loading_the_in_tree_module_after_preflight_is_handled() {
+        // Not loaded at preflight; udev loads it before our finit_module: EEXIST.
+        let (f, mut k) = ice_node();
+        k.loaded.clear();
+        k.fail_load("ice", Errno::EEXIST);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(r.removed_in_tree, ["ice"]);
+        // Not listed for removal: that is an error, not a fight.
+        let (f, mut k) = ice_node();
+        k.loaded.clear();
+        k.fail_load("ice", Errno::EEXIST);
+        let e = swap(&f, &mut k, &f.set(&["ice"], &[]), None).error.unwrap();
+        assert!(
+            e.contains("already loaded: add it to inTreeModulesToRemove"),
+            "{e}"
+        );
     }
 
     #[test]
