@@ -31,7 +31,7 @@ use anyhow::Context;
 use kmod_day1_contract::{
     is_valid_tree_id, load_config_dir, write_json_atomic, BootStatus, EscapeHatches, KernelRelease,
     LoadedConfig, ModuleSet, SetState, SetStatus, StoreLayout, CONFIG_DIR, STATUS_FILE,
-    STATUS_VERSION, STORE_DIR,
+    STATUS_VERSION, STORE_DIR, STORE_VERSION,
 };
 use tracing::{error, info, warn};
 
@@ -231,6 +231,15 @@ fn handle_set(
         };
         let ref_path = store.ref_file(&cfg.name, &set.name, kver);
         let r = match store.read_ref(&cfg.name, &set.name, kver) {
+            Ok(Some(r)) if r.version != STORE_VERSION => {
+                let e = format!(
+                    "{} has format version {}, this loader reads version {STORE_VERSION}; treated as not stored",
+                    ref_path.display(),
+                    r.version
+                );
+                warn!("{label}: {e}");
+                return (SetState::NotStored, Some(e), EXIT_OK, None);
+            }
             Ok(Some(r)) if r.image == image => r,
             Ok(Some(r)) => {
                 info!(
@@ -326,7 +335,7 @@ fn handle_set(
 mod tests {
     use super::*;
     use crate::testutil::{FakeKernel, Fixture, KVER, TREE};
-    use kmod_day1_contract::{read_json, ConfigName, RefRecord, SetName, STORE_VERSION};
+    use kmod_day1_contract::{read_json, ConfigName, RefRecord, SetName};
     use nix::errno::Errno;
 
     const IMAGE: &str = "registry.local/kmod/ice:v1";
@@ -454,6 +463,23 @@ mod tests {
         std::fs::remove_dir_all(f.store().join("refs")).unwrap();
         assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
         assert_eq!(status(&f).sets[0].state, SetState::NotStored);
+        assert!(k.calls.is_empty());
+
+        // A ref of a future format is not used.
+        store_ref(&f, "99-ice", "ice", IMAGE);
+        let p = f.store().join(format!("refs/99-ice/ice/{KVER}.json"));
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"version\": 1", "\"version\": 2");
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        let s = status(&f);
+        assert_eq!(s.sets[0].state, SetState::NotStored);
+        assert!(s.sets[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("format version 2"));
         assert!(k.calls.is_empty());
 
         // A ref for another image (the config changed since the pull) is not used.

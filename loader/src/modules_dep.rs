@@ -280,6 +280,27 @@ mod tests {
     }
 
     #[test]
+    fn hostile_text_is_an_error_never_a_panic() {
+        // A small deterministic generator: no dependency for a fuzz-style loop.
+        let alphabet = b"ab-_./:\n #ko.xzst\xff\x00";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut t = vec![];
+            for _ in 0..(x % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let text = String::from_utf8_lossy(&t);
+            let _ = parse_modules_dep(Path::new("/b"), &text, true);
+            let _ = parse_modules_builtin(&text);
+            let _ = names_module(&text, "a");
+            let _ = crate::kmsg::parse_unknown_symbols(&text, "a");
+        }
+    }
+
+    #[test]
     fn index_reads_lazily_and_falls_back_to_walking() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("extra/sub")).unwrap();
