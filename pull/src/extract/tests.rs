@@ -345,3 +345,48 @@ fn zstd_layers_and_missing_content() {
         .unwrap_err();
     assert!(matches!(e, ExtractError::Format { .. }), "{e}");
 }
+
+#[test]
+fn long_names_from_gnu_and_pax_headers() {
+    let deep = format!(
+        "kernel/drivers/net/ethernet/intel/{}/ice.ko",
+        "sub/".repeat(30)
+    );
+    let name = m(&deep);
+    assert!(name.len() > 100);
+    // GNU long name (tar::Builder's default for long paths).
+    let mut b = tar::Builder::new(vec![]);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &name, &b"ice"[..]).unwrap();
+    // PAX path record, as Go's archive/tar (buildah, docker) writes.
+    let pax_name = m("pax/very/long/name.ko");
+    let record = format!("path={pax_name}\n");
+    let rec = format!("{} {record}", record.len() + 3);
+    assert_eq!(rec.len(), record.len() + 3);
+    let mut ph = tar::Header::new_ustar();
+    ph.set_entry_type(tar::EntryType::XHeader);
+    ph.set_size(rec.len() as u64);
+    ph.set_path("PaxHeaders/x").unwrap();
+    ph.set_cksum();
+    b.append(&ph, rec.as_bytes()).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short").unwrap();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"pax"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut f = fixture(ExtractLimits::default());
+    f.apply(&tar).unwrap();
+    assert_eq!(
+        fs::read(f.path(&format!("modules/{deep}"))).unwrap(),
+        b"ice"
+    );
+    assert_eq!(
+        fs::read(f.path("modules/pax/very/long/name.ko")).unwrap(),
+        b"pax"
+    );
+}
