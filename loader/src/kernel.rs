@@ -27,6 +27,10 @@ pub struct ModuleState {
     pub holders: Vec<String>,
     /// `srcversion`, when the module has one.
     pub srcversion: Option<String>,
+    /// `version` (`MODULE_VERSION`), when the module has one.
+    pub version: Option<String>,
+    /// `taint` flags, e.g. `O` for an out-of-tree module, `E` for an unsigned one.
+    pub taint: String,
 }
 
 /// The kernel's module interface.
@@ -132,6 +136,8 @@ pub fn read_module_state(sysfs: &Path, name: &str) -> io::Result<Option<ModuleSt
         refcnt,
         holders,
         srcversion: read("srcversion")?.filter(|s| !s.is_empty()),
+        version: read("version")?.filter(|s| !s.is_empty()),
+        taint: read("taint")?.unwrap_or_default(),
     }))
 }
 
@@ -202,6 +208,7 @@ mod tests {
         std::fs::write(m.join("initstate"), "live\n").unwrap();
         std::fs::write(m.join("refcnt"), "1\n").unwrap();
         std::fs::write(m.join("srcversion"), "ABC\n").unwrap();
+        std::fs::write(m.join("taint"), "OE\n").unwrap();
         std::fs::create_dir_all(d.path().join("module/firmware_class/parameters")).unwrap();
         let s = read_module_state(d.path(), "ice").unwrap().unwrap();
         assert_eq!(
@@ -210,7 +217,9 @@ mod tests {
                 builtin: false,
                 refcnt: 1,
                 holders: vec!["irdma".into()],
-                srcversion: Some("ABC".into())
+                srcversion: Some("ABC".into()),
+                version: None,
+                taint: "OE".into(),
             }
         );
         assert!(

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::decompress::{self, Compression};
 use crate::firmware;
-use crate::kernel::{explain_load_error, explain_unload_error, KernelModules};
+use crate::kernel::{explain_load_error, explain_unload_error, KernelModules, ModuleState};
 use crate::modules_dep::ModuleIndex;
 use crate::plan::{plan_set, Origin, PlannedModule, PreflightError, Resolver};
 
@@ -158,15 +158,10 @@ impl Swap<'_, '_> {
             self.node.kernel_release,
             &present,
         )?;
-        let ours: HashMap<&str, Option<&str>> = plan
+        let ours: HashMap<&str, &PlannedModule> = plan
             .iter()
             .filter(|m| m.origin == Origin::Image)
-            .map(|m| {
-                (
-                    m.name.as_str(),
-                    m.info.as_ref().and_then(|i| i.srcversion()),
-                )
-            })
+            .map(|m| (m.name.as_str(), m))
             .collect();
         let state = |n: &str| {
             self.k
@@ -193,8 +188,9 @@ impl Swap<'_, '_> {
                     "{name} is built into the kernel and cannot be unloaded: it cannot be replaced by a module"
                 )));
             }
-            if st.srcversion.is_some()
-                && ours.get(name.as_str()).copied().flatten() == st.srcversion.as_deref()
+            if ours
+                .get(name.as_str())
+                .is_some_and(|m| is_same_module(&st, m))
             {
                 debug!("{}: {name} is already the image's module", self.label);
                 continue;
@@ -214,7 +210,7 @@ impl Swap<'_, '_> {
             }
             if let Some(st) = state(&m.name)? {
                 let want = m.info.as_ref().and_then(|i| i.srcversion());
-                if st.srcversion.as_deref() != want || want.is_none() {
+                if !is_same_module(&st, m) {
                     return Err(PreflightError(format!(
                         "module {} is already loaded with srcversion {}, the image has {}: add {} to inTreeModulesToRemove",
                         m.name,
@@ -313,12 +309,12 @@ impl Swap<'_, '_> {
                 debug!("{}: {} is already loaded", self.label, m.name);
                 (true, 0)
             }
-            Some(st) if st.srcversion.is_some() && st.srcversion == srcversion => {
+            Some(st) if is_same_module(&st, m) => {
                 info!(
                     "{}: {} already loaded (srcversion {}): nothing to do",
                     self.label,
                     m.name,
-                    st.srcversion.as_deref().unwrap_or_default()
+                    st.srcversion.as_deref().unwrap_or("-")
                 );
                 (true, 0)
             }
@@ -509,6 +505,24 @@ impl Swap<'_, '_> {
     }
 }
 
+/// Whether the loaded module `st` is the image's module `m`. By srcversion when both have
+/// one (kernels with `CONFIG_MODULE_SRCVERSION_ALL`, or modules with `MODULE_VERSION`).
+/// Without (Debian builds neither for most modules): a loaded out-of-tree module (taint
+/// `O`) for an image module not marked `intree=Y`, with the same `version` (or none) --
+/// the best the kernel lets one tell.
+fn is_same_module(st: &ModuleState, m: &PlannedModule) -> bool {
+    let Some(info) = &m.info else { return false };
+    match (st.srcversion.as_deref(), info.srcversion()) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => {
+            st.taint.contains('O')
+                && info.get("intree") != Some("Y")
+                && st.version.as_deref() == info.version()
+        }
+        _ => false,
+    }
+}
+
 /// Milliseconds with one decimal, for log lines (integer arithmetic: no float formatting
 /// code in the binary).
 pub fn ms(d: Duration) -> Millis {
@@ -609,6 +623,36 @@ mod tests {
         assert!(r.modules.iter().all(|m| m.already_loaded));
         assert!(r.removed_in_tree.is_empty());
         assert_eq!(snapshot(&k), before);
+    }
+
+    #[test]
+    fn modules_without_srcversion_are_told_apart_by_taint_and_version() {
+        // Debian: no CONFIG_MODULE_SRCVERSION_ALL, so neither module has a srcversion.
+        let (f, mut k) = ice_node();
+        let vermagic = format!("{KVER} SMP preempt mod_unload modversions ");
+        let fields = [
+            ("name", "ice"),
+            ("version", "2.0"),
+            ("depends", "dpll"),
+            ("vermagic", vermagic.as_str()),
+        ];
+        f.image_module_with("ice", &fields);
+        k.loaded.get_mut("ice").unwrap().srcversion = None; // in-tree: taint ""
+        let set = f.set(&["ice"], &["ice"]);
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(k.calls, ["unload ice", "load dpll", "load ice"]);
+        assert_eq!(k.loaded["ice"].taint, "O");
+        // Rerun: the loaded OOT ice (taint O, version 2.0) is the image's: nothing to do.
+        k.calls.clear();
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert!(k.calls.is_empty(), "{:?}", k.calls);
+        // Another OOT version loaded is not the image's.
+        k.loaded.get_mut("ice").unwrap().version = Some("1.9".into());
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(k.calls, ["unload ice", "load ice"]);
     }
 
     #[test]

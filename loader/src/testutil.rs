@@ -172,6 +172,7 @@ impl Fixture {
         let src = format!("INTREE-{name}");
         let d = deps.join(",");
         let ko = fake_ko(&[
+            ("intree", "Y"),
             ("srcversion", &src),
             ("depends", &d),
             ("name", name),
@@ -235,6 +236,8 @@ impl Fixture {
 #[derive(Debug, Clone, Default)]
 pub struct FakeModule {
     pub srcversion: Option<String>,
+    pub version: Option<String>,
+    pub taint: String,
     pub refcnt: u32,
     pub holders: BTreeSet<String>,
     pub deps: Vec<String>,
@@ -323,6 +326,13 @@ impl FakeKernel {
             name,
             FakeModule {
                 srcversion: info.srcversion().map(str::to_owned),
+                version: info.version().map(str::to_owned),
+                taint: if info.get("intree") == Some("Y") {
+                    ""
+                } else {
+                    "O"
+                }
+                .into(),
                 deps,
                 params: params.to_str().unwrap().to_owned(),
                 ..Default::default()
@@ -391,6 +401,8 @@ impl KernelModules for FakeKernel {
             refcnt: m.refcnt,
             holders: m.holders.iter().cloned().collect(),
             srcversion: m.srcversion.clone(),
+            version: m.version.clone(),
+            taint: m.taint.clone(),
         }))
     }
 
