@@ -88,6 +88,12 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
             LOG_DROPIN,
         )?;
     }
+    // Kernel info lines (the out-of-tree e1000's marker, kd1_main's firmware line, the
+    // kmod-day1 units' logs) must reach the serial console.
+    write_file(
+        &root.join("etc/sysctl.d/99-testvm-console.conf"),
+        "kernel.printk = 7 4 1 7\n",
+    )?;
     write_file(
         &root.join("etc/containers/registries.conf"),
         format!(

@@ -20,9 +20,10 @@ use crate::dirs::{recipe_key, tmp_sibling, write_file, Dirs};
 const SUITE: &str = "bookworm";
 
 /// debootstrap `--include`: `libpam-systemd` must be named (debootstrap does not resolve
-/// polkitd's logind alternative).
+/// polkitd's logind alternative). `ca-certificates`: every real node has a CA bundle, and
+/// kmod-day1-pull's TLS client setup needs one even for a plain-HTTP registry.
 const PACKAGES: &str = "systemd,systemd-sysv,libpam-systemd,udev,dbus,network-manager,kmod,\
-linux-image-amd64,initramfs-tools,iproute2";
+linux-image-amd64,initramfs-tools,iproute2,ca-certificates";
 
 /// The only network profile: DHCP from QEMU's user network, never a default route, no DNS,
 /// no IPv6. The VM can reach 10.0.2.2 (the host) and nothing else.
@@ -181,6 +182,21 @@ pub fn ensure(dirs: &Dirs) -> Result<VmImage> {
         img.upgrade.release
     );
     Ok(img)
+}
+
+/// Removes the images of older recipes (1.1 GB each).
+fn prune_other_images(cache: &Path, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vm-") && !name.ends_with(".tmp") && p != keep {
+            info!("VM image: removing {} (older recipe)", p.display());
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
 }
 
 /// The releases under `root/lib/modules`, sorted.
