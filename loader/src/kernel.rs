@@ -43,8 +43,8 @@ pub trait KernelModules {
     fn delete_module(&mut self, name: &str) -> Result<(), Errno>;
     /// The state of module `name` (kernel form), `None` when it is neither loaded nor built in.
     fn module_state(&self, name: &str) -> io::Result<Option<ModuleState>>;
-    /// Symbols the kernel reported unknown for `module` since the last call.
-    fn unknown_symbols(&mut self, module: &str) -> Vec<String>;
+    /// What the kernel logged about `module` since the last call (text after `<module>: `).
+    fn kernel_messages(&mut self, module: &str) -> Vec<String>;
 }
 
 /// The running kernel.
@@ -97,10 +97,10 @@ impl KernelModules for LinuxKernel {
         read_module_state(&self.sysfs, name)
     }
 
-    fn unknown_symbols(&mut self, module: &str) -> Vec<String> {
+    fn kernel_messages(&mut self, module: &str) -> Vec<String> {
         self.kmsg
             .as_mut()
-            .map(|k| k.unknown_symbols(module))
+            .map(|k| k.module_messages(module))
             .unwrap_or_default()
     }
 }
@@ -141,9 +141,12 @@ pub fn read_module_state(sysfs: &Path, name: &str) -> io::Result<Option<ModuleSt
     }))
 }
 
-/// Why loading a module failed, in words an operator can act on.
-pub fn explain_load_error(errno: Errno, path: &Path, unknown_symbols: &[String]) -> String {
+/// Why loading a module failed, in words an operator can act on. `messages`: what the
+/// kernel logged about the module meanwhile; unknown symbols are named from it, other
+/// messages are quoted (the last three).
+pub fn explain_load_error(errno: Errno, path: &Path, messages: &[String]) -> String {
     let path = path.display();
+    let unknown_symbols = crate::kmsg::unknown_symbols(messages);
     let what = match errno {
         Errno::ENOEXEC => "invalid module format: built for another kernel?".to_string(),
         Errno::EKEYREJECTED | Errno::ENOKEY => {
@@ -168,7 +171,12 @@ pub fn explain_load_error(errno: Errno, path: &Path, unknown_symbols: &[String])
         Errno::ENOMEM => "out of memory loading the module".to_string(),
         e => format!("{} ({e})", e.desc()),
     };
-    format!("{what} [{}]", errno_name(errno))
+    let mut out = format!("{what} [{}]", errno_name(errno));
+    if unknown_symbols.is_empty() && !messages.is_empty() {
+        let last = &messages[messages.len().saturating_sub(3)..];
+        out.push_str(&format!("; the kernel said: {}", last.join(" / ")));
+    }
+    out
 }
 
 /// Why unloading a module failed, in plain words.
@@ -240,11 +248,12 @@ mod tests {
             (Errno::ENOKEY, &[], "signature rejected: Secure Boot needs modules signed with an enrolled key (mokutil)"),
             (Errno::EEXIST, &[], "already loaded"),
             (Errno::EBUSY, &[], "busy"),
-            (Errno::ENOENT, &["dpll_get".to_string()], "unknown symbol dpll_get"),
+            (Errno::ENOENT, &["Unknown symbol dpll_get (err -2)".to_string()], "unknown symbol dpll_get"),
             (Errno::ENOENT, &[], "/x/ice.ko"),
             (Errno::EPERM, &[], "run as root"),
             (Errno::EINVAL, &[], "parameters"),
-            (Errno::EINVAL, &["gnss_put".to_string()], "symbol version mismatch for gnss_put"),
+            (Errno::EINVAL, &["disagrees about version of symbol gnss_put".to_string()], "symbol version mismatch for gnss_put"),
+            (Errno::EINVAL, &["`abc' invalid for parameter `debug'".to_string()], "the kernel said: `abc' invalid for parameter `debug'"),
             (Errno::ENOSYS, &[], "does not support loading"),
             (Errno::ENOMEM, &[], "out of memory"),
             (Errno::EFAULT, &[], "EFAULT"),
@@ -267,6 +276,6 @@ mod tests {
         // EPERM unprivileged, ENOSYS in a sandbox, ENOENT as root: never Ok, never a panic.
         let mut k = LinuxKernel::new(Path::new("/sys"), Path::new("/nonexistent/kmsg"));
         assert!(k.delete_module("kmod_day1_no_such_module").is_err());
-        assert!(k.unknown_symbols("x").is_empty());
+        assert!(k.kernel_messages("x").is_empty());
     }
 }

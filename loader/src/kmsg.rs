@@ -25,8 +25,9 @@ impl Kmsg {
         Ok(Self { file })
     }
 
-    /// The symbols `module` could not resolve, from the records written since the last call.
-    pub fn unknown_symbols(&mut self, module: &str) -> Vec<String> {
+    /// What the kernel said about `module` (the text after `<module>: `) in the records
+    /// written since the last call.
+    pub fn module_messages(&mut self, module: &str) -> Vec<String> {
         let mut text = String::new();
         // /dev/kmsg returns one record per read; a regular file returns what it has.
         let mut buf = vec![0u8; 8192];
@@ -45,27 +46,38 @@ impl Kmsg {
                 Err(_) => break, // EAGAIN at the end, or anything else: stop
             }
         }
-        parse_unknown_symbols(&text, module)
+        parse_module_messages(&text, module)
     }
 }
 
-/// Finds `<module>: Unknown symbol X` and `<module>: disagrees about version of symbol X`
-/// in kernel log text (`/dev/kmsg` records `prio,seq,usec,flags;message` or dmesg lines).
-pub fn parse_unknown_symbols(text: &str, module: &str) -> Vec<String> {
-    let mut out: Vec<String> = vec![];
+/// The messages of `module` in kernel log text (`/dev/kmsg` records
+/// `prio,seq,usec,flags;message`, or dmesg lines `[  1.2] message`).
+pub fn parse_module_messages(text: &str, module: &str) -> Vec<String> {
+    let mut out = vec![];
     for line in text.lines() {
         let msg = match line.split_once(';') {
             Some((head, m)) if head.split(',').count() >= 3 => m,
             _ => line,
         };
-        // dmesg lines: "[   1.234] ice: Unknown symbol x (err -2)"
-        let msg = msg.split_once("] ").map_or(msg, |(_, m)| m);
-        let Some(rest) = msg.strip_prefix(module).and_then(|r| r.strip_prefix(": ")) else {
-            continue;
+        let msg = match msg.strip_prefix('[') {
+            Some(_) => msg.split_once("] ").map_or(msg, |(_, m)| m),
+            None => msg,
         };
+        if let Some(rest) = msg.strip_prefix(module).and_then(|r| r.strip_prefix(": ")) {
+            out.push(rest.trim_end().to_owned());
+        }
+    }
+    out
+}
+
+/// The symbols named in `Unknown symbol X` and `disagrees about version of symbol X`
+/// messages, each once.
+pub fn unknown_symbols(messages: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for m in messages {
         let sym = ["Unknown symbol ", "disagrees about version of symbol "]
             .iter()
-            .find_map(|p| rest.strip_prefix(p))
+            .find_map(|p| m.strip_prefix(p))
             .and_then(|s| s.split_whitespace().next());
         if let Some(s) = sym {
             if !out.iter().any(|o| o == s) {
@@ -88,11 +100,20 @@ mod tests {
                     4,814,4414,-;ice: disagrees about version of symbol gnss_put\n\
                     3,815,4415,-;icex: Unknown symbol other (err -2)\n\
                     [    2.000] ice: Unknown symbol from_dmesg (err -2)\n";
+        let msgs = parse_module_messages(text, "ice");
+        assert_eq!(msgs.len(), 4);
+        assert_eq!(msgs[0], "Unknown symbol dpll_device_get (err -2)");
         assert_eq!(
-            parse_unknown_symbols(text, "ice"),
+            unknown_symbols(&msgs),
             vec!["dpll_device_get", "gnss_put", "from_dmesg"]
         );
-        assert!(parse_unknown_symbols(text, "e1000").is_empty());
+        assert!(parse_module_messages(text, "e1000").is_empty());
+        let p = parse_module_messages(
+            "4,9,9,-;e1000: `abc' invalid for parameter `TxDescriptors'\n",
+            "e1000",
+        );
+        assert_eq!(p, ["`abc' invalid for parameter `TxDescriptors'"]);
+        assert!(unknown_symbols(&p).is_empty());
     }
 
     #[test]
@@ -103,7 +124,10 @@ mod tests {
         let mut k = Kmsg::open_at_end(&p).unwrap();
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         writeln!(f, "3,2,2,-;ice: Unknown symbol new_one (err -2)").unwrap();
-        assert_eq!(k.unknown_symbols("ice"), vec!["new_one"]);
-        assert!(k.unknown_symbols("ice").is_empty());
+        assert_eq!(
+            k.module_messages("ice"),
+            vec!["Unknown symbol new_one (err -2)"]
+        );
+        assert!(k.module_messages("ice").is_empty());
     }
 }

@@ -296,7 +296,7 @@ mod tests {
             let _ = parse_modules_dep(Path::new("/b"), &text, true);
             let _ = parse_modules_builtin(&text);
             let _ = names_module(&text, "a");
-            let _ = crate::kmsg::parse_unknown_symbols(&text, "a");
+            let _ = crate::kmsg::parse_module_messages(&text, "a");
         }
     }
 

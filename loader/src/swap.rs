@@ -421,8 +421,8 @@ impl Swap<'_, '_> {
         match r {
             Ok(()) => Ok(d),
             Err(errno) => {
-                let symbols = self.k.unknown_symbols(name);
-                Err((errno, explain_load_error(errno, path, &symbols)))
+                let messages = self.k.kernel_messages(name);
+                Err((errno, explain_load_error(errno, path, &messages)))
             }
         }
     }
@@ -508,7 +508,7 @@ impl Swap<'_, '_> {
 /// Whether the loaded module `st` is the image's module `m`. By srcversion when both have
 /// one (kernels with `CONFIG_MODULE_SRCVERSION_ALL`, or modules with `MODULE_VERSION`).
 /// Without (Debian builds neither for most modules): a loaded out-of-tree module (taint
-/// `O`) for an image module not marked `intree=Y`, with the same `version` (or none) --
+/// `O`) for an image module without the `intree` modinfo key, with the same `version` (or none) --
 /// the best the kernel lets one tell.
 fn is_same_module(st: &ModuleState, m: &PlannedModule) -> bool {
     let Some(info) = &m.info else { return false };

@@ -259,7 +259,7 @@ pub struct FakeKernel {
     pub in_kernel_decompress: bool,
     /// `load <name>`, `unload <name>`, `init <name>` (userspace-decompressed), in order.
     pub calls: Vec<String>,
-    unknown: Vec<(String, String)>,
+    messages: Vec<(String, String)>,
 }
 
 impl FakeKernel {
@@ -312,7 +312,8 @@ impl FakeKernel {
         let deps = info.depends();
         for d in &deps {
             if !self.loaded.contains_key(d) && !self.builtin.contains(d) {
-                self.unknown.push((name.clone(), format!("{d}_symbol")));
+                self.messages
+                    .push((name.clone(), format!("Unknown symbol {d}_symbol (err -2)")));
                 return Err(Errno::ENOENT);
             }
         }
@@ -327,7 +328,7 @@ impl FakeKernel {
             FakeModule {
                 srcversion: info.srcversion().map(str::to_owned),
                 version: info.version().map(str::to_owned),
-                taint: if info.get("intree") == Some("Y") {
+                taint: if info.get("intree").is_some() {
                     ""
                 } else {
                     "O"
@@ -406,11 +407,11 @@ impl KernelModules for FakeKernel {
         }))
     }
 
-    fn unknown_symbols(&mut self, module: &str) -> Vec<String> {
-        let (mine, rest) = std::mem::take(&mut self.unknown)
+    fn kernel_messages(&mut self, module: &str) -> Vec<String> {
+        let (mine, rest) = std::mem::take(&mut self.messages)
             .into_iter()
             .partition(|(m, _)| m == module);
-        self.unknown = rest;
+        self.messages = rest;
         mine.into_iter().map(|(_, s)| s).collect()
     }
 }
