@@ -172,8 +172,15 @@ pub fn explain_load_error(errno: Errno, path: &Path, messages: &[String]) -> Str
         e => format!("{} ({e})", e.desc()),
     };
     let mut out = format!("{what} [{}]", errno_name(errno));
-    if unknown_symbols.is_empty() && !messages.is_empty() {
-        let last = &messages[messages.len().saturating_sub(3)..];
+    // "loading out-of-tree module taints kernel" and the like are true of every OOT
+    // module and explain nothing.
+    let said: Vec<&str> = messages
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !m.contains("taint"))
+        .collect();
+    if unknown_symbols.is_empty() && !said.is_empty() {
+        let last = &said[said.len().saturating_sub(3)..];
         out.push_str(&format!("; the kernel said: {}", last.join(" / ")));
     }
     out
@@ -264,6 +271,17 @@ mod tests {
             assert!(got.contains(&format!("[{errno:?}]")), "{got}");
         }
         assert!(explain_unload_error(Errno::EBUSY, "ice").contains("ice stayed busy"));
+        let noisy = [
+            "loading out-of-tree module taints kernel.".to_string(),
+            "module verification failed: signature and/or required key missing - tainting kernel"
+                .to_string(),
+            "`abc' invalid for parameter `TxDescriptors'".to_string(),
+        ];
+        let got = explain_load_error(Errno::EINVAL, p, &noisy);
+        assert!(
+            got.ends_with("[EINVAL]; the kernel said: `abc' invalid for parameter `TxDescriptors'"),
+            "{got}"
+        );
         assert!(explain_unload_error(Errno::EAGAIN, "ice").contains("ice is in use"));
         assert!(explain_unload_error(Errno::ENOENT, "ice").contains("not loaded"));
         assert!(explain_unload_error(Errno::EPERM, "ice").contains("root"));
