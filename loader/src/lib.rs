@@ -566,6 +566,29 @@ mod tests {
     }
 
     #[test]
+    fn one_failing_set_does_not_stop_the_others() {
+        let (f, mut k) = node();
+        f.image_module("bnx", "SRC-BNX", &[]);
+        let bnx = serde_json::json!({"name": "bnx", "image": IMAGE, "modules": [{"name": "bnx"}]});
+        config(&f, "50-bnx", serde_json::json!([bnx]));
+        store_ref(&f, "50-bnx", "bnx", IMAGE);
+        k.fail_load("bnx", Errno::ENOMEM);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_FAILED);
+        let s = status(&f);
+        let states: Vec<_> = s.sets.iter().map(|x| (x.set.as_str(), x.state)).collect();
+        assert_eq!(
+            states,
+            [("bnx", SetState::Failed), ("ice", SetState::Loaded)]
+        );
+        assert!(!k.loaded.contains_key("bnx"));
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+        // `kmod_day1.skip=SET` skips the set in every config; CONFIG/SET only there.
+        std::fs::write(f.path("cmdline"), "kmod_day1.skip=50-bnx/bnx,ice\n").unwrap();
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert!(status(&f).sets.iter().all(|x| x.state == SetState::Skipped));
+    }
+
+    #[test]
     fn usage_problems_are_errors() {
         let (f, mut k) = node();
         let mut o = opts(&f);
