@@ -90,7 +90,8 @@ OPTIONS
 
 EXIT STATUS
     0   every set loaded, or nothing to do yet (not stored, no image, skipped, disabled)
-    1   a set failed and was rolled back: the in-tree modules are loaded again
+    1   a set failed and was rolled back: the in-tree modules are loaded again (or it
+        failed its preflight checks and nothing was touched)
     2   bad usage or config: nothing was touched for it (other configs are still used)
     3   a rollback failed: an in-tree module could not be loaded back (see the journal)
     When several apply, the highest in the order 3, 1, 2, 0 is returned.
