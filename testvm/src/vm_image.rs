@@ -174,6 +174,7 @@ pub fn ensure(dirs: &Dirs) -> Result<VmImage> {
     }
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("moving the new image to {}", dir.display()))?;
+    prune_other_images(&dirs.cache, &dir);
     info!(
         "VM image: built in {} s at {} (kernels {} and {})",
         started.elapsed().as_secs(),
