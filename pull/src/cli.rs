@@ -136,4 +136,21 @@ mod tests {
         assert!(!c.no_reboot);
         assert!(Cli::try_parse_from(["kmod-day1-pull", "--kernel-release", "../x"]).is_err());
     }
+
+    /// A flag added without documenting it in pull/README.md fails here.
+    #[test]
+    fn every_flag_is_documented() {
+        let readme = include_str!("../README.md");
+        for arg in Cli::command().get_arguments() {
+            if arg.is_hide_set() {
+                continue;
+            }
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    readme.contains(&format!("`--{long}`")),
+                    "--{long} is not in pull/README.md"
+                );
+            }
+        }
+    }
 }

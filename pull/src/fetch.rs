@@ -433,8 +433,16 @@ impl<'a> Repo<'a> {
     }
 
     async fn authenticate(&mut self) -> Result<(), FetchError> {
-        let reference = oci_client::Reference::try_from(self.image.to_string())
-            .map_err(|e| FetchError::Invalid(format!("reference {}: {e}", self.image)))?;
+        // The constructors, not parsing: parsing drags a regex engine into the binary.
+        let (registry, repository) = (self.image.registry.clone(), self.image.repository.clone());
+        let reference = match (&self.image.digest, &self.image.tag) {
+            (Some(d), _) => oci_client::Reference::with_digest(registry, repository, d.clone()),
+            (None, t) => oci_client::Reference::with_tag(
+                registry,
+                repository,
+                t.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        };
         let auth = match &self.cred {
             Some(c) => {
                 oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())

@@ -49,12 +49,16 @@ pub fn main_exit_code() -> i32 {
     }
 }
 
+/// Log level from `KMOD_DAY1_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default
+/// `info`). A level, not a filter expression: an env filter would bring a regex engine.
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("KMOD_DAY1_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("KMOD_DAY1_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)

@@ -131,7 +131,7 @@ fn killed_at_random_points_the_store_stays_valid() {
         .as_nanos() as u64
         | 1;
     let mut rng = Rng(seed);
-    for i in 0..16 {
+    for i in 0..12 {
         // Alternate between a first pull into an empty store and an update of the tag.
         let (from, to) = if i % 2 == 0 {
             (None, &img1)
