@@ -408,7 +408,18 @@ impl Puller<'_> {
                 warn!("ignoring an unreadable ref: {e}");
                 None
             })
-            .filter(|r| r.image == job.image.to_string() && self.store.has_tree(&r.tree));
+            // Same image, and extracted with today's dirName and firmwarePath.
+            .filter(|r| {
+                r.image == job.image.to_string()
+                    && r.tree
+                        == tree_id(
+                            &r.manifest_digest,
+                            &job.set.dir_name,
+                            &job.kernel,
+                            job.set.firmware_path.as_ref(),
+                        )
+                    && self.store.has_tree(&r.tree)
+            });
         // A digest reference cannot change: no need to ask the registry.
         if let Some(r) = &existing {
             if job.image.is_pinned() {

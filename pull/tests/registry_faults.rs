@@ -30,7 +30,8 @@ fn kmod_image(kernel: &str, marker: &str) -> kmod_day1_test_registry::BuiltImage
                     format!("opt/lib/modules/{kernel}/extra/big.bin"),
                     300_000,
                     7,
-                ),
+                )
+                .file("lib/firmware/e1000/fw.bin", b"fw".to_vec()),
         )
         .build()
         .unwrap()
@@ -75,6 +76,20 @@ fn pulls_by_tag_then_finds_it_unchanged() {
     node.run(30).expect(0).says("unchanged");
     assert_eq!(reg.blob_gets(), 0);
     assert_eq!(node.last_pull().pulls[0].outcome, "unchanged");
+
+    // The config now wants the firmware too: same image, new tree.
+    node.config(
+        &format!("{}/{REPO}", reg.host()),
+        r#", "firmwarePath": "/lib/firmware""#,
+    );
+    node.run(30).expect(0).says("committed");
+    let r = node.ref_record(K).unwrap();
+    assert_ne!(r.tree, tree);
+    assert_eq!(
+        common::tree_file(&node.store(), &r.tree, "firmware/e1000/fw.bin"),
+        b"fw"
+    );
+    assert_eq!(node.names("trees"), std::slice::from_ref(&r.tree));
 
     // The tag moves: the new image is committed, the old tree collected.
     let d2 = reg.push_image(REPO, K, &kmod_image(K, "oot-2"));
