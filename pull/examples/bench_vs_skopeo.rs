@@ -194,7 +194,10 @@ fn timed(cmd: &mut Command) -> (f64, u64) {
 }
 
 fn measure_pull(bin: &Path, host: &str, work: &Path, run: usize) -> (f64, u64) {
-    let node = work.join(format!("node{run}"));
+    // BENCH_NODE_DIR puts the node (and its store) elsewhere, e.g. on tmpfs to see the
+    // cost of the fsyncs.
+    let base = std::env::var_os("BENCH_NODE_DIR").map_or_else(|| work.to_owned(), PathBuf::from);
+    let node = base.join(format!("node{run}"));
     let _ = std::fs::remove_dir_all(&node);
     std::fs::create_dir_all(node.join("config.d")).unwrap();
     std::fs::write(

@@ -278,7 +278,7 @@ impl TreeBuilder {
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(|e| self.io(&rel, e))?;
-                let n = io::copy(&mut (&mut *entry).take(size), &mut f)
+                let n = copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
                     .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
                 if n != size {
                     return Err(Self::refuse(
@@ -580,6 +580,36 @@ impl TreeBuilder {
             source,
         })?;
         Ok(self.stats)
+    }
+}
+
+/// Copies like `io::copy`, and asks the kernel to start writing back every few MiB, so the
+/// fsync at the end of the file waits for the tail only (a kmod image can hold hundreds of
+/// MiB of firmware). `POSIX_FADV_DONTNEED` starts asynchronous writeback of dirty pages.
+fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
+    use std::io::Write as _;
+    const CHUNK: usize = 256 * 1024;
+    const KICK: u64 = 8 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let (mut total, mut kicked) = (0u64, 0u64);
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+        if total - kicked >= KICK {
+            let _ = nix::fcntl::posix_fadvise(
+                &*to,
+                kicked as i64,
+                (total - kicked) as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            kicked = total;
+        }
     }
 }
 
