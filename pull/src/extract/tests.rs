@@ -390,3 +390,100 @@ fn long_names_from_gnu_and_pax_headers() {
         b"pax"
     );
 }
+
+/// Errors are fine, panics are bugs, and nothing lands outside the staging directory:
+/// thousands of mutated layers (bit flips, truncations, garbage headers).
+#[test]
+fn mutated_layers_never_panic_or_escape() {
+    let base = Layer::new()
+        .add(Kind::Dir, &m("extra/"), b"", "")
+        .file(&m("extra/e1000.ko"), b"ELF module bytes")
+        .add(Kind::Sym, &m("extra/alias.ko"), b"", "e1000.ko")
+        .add(Kind::Hard, &m("extra/hard.ko"), b"", &m("extra/e1000.ko"))
+        .file("firmware/fw.bin", b"FW")
+        .file(&m(".wh.gone.ko"), b"")
+        .tar();
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        e.write_all(&base).unwrap();
+        e.finish().unwrap()
+    };
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..3000 {
+        let src = if round % 3 == 0 { &gz } else { &base };
+        let mut data = src.clone();
+        match next() % 4 {
+            0 => data.truncate((next() as usize) % data.len()),
+            1 => {
+                for _ in 0..1 + next() % 8 {
+                    let i = (next() as usize) % data.len();
+                    data[i] ^= 1 << (next() % 8);
+                }
+            }
+            2 => {
+                // A byte of a header field set to an interesting value.
+                let i = (next() as usize) % 512.min(data.len());
+                data[i] = [0, b'/', b'.', 0xff, b'7', b'5'][(next() % 6) as usize];
+            }
+            _ => {
+                let i = (next() as usize) % data.len();
+                data.splice(i..i, std::iter::repeat_n(b'.', (next() % 600) as usize));
+            }
+        }
+        let mut f = fixture(ExtractLimits {
+            max_entry: 1 << 20,
+            max_tree: 4 << 20,
+            max_layer: 64 << 20,
+            max_entries: 1000,
+        });
+        let _ = f.apply(&data);
+        let names: Vec<_> = fs::read_dir(f.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["staging"], "round {round}");
+        // Every symlink left in the tree stays inside it.
+        let root = f.path("");
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                if md.is_dir() {
+                    stack.push(p);
+                } else if md.file_type().is_symlink() {
+                    let target = fs::read_link(&p).unwrap();
+                    assert!(
+                        target.is_relative(),
+                        "round {round}: {} -> {}",
+                        p.display(),
+                        target.display()
+                    );
+                    let depth = p
+                        .parent()
+                        .unwrap()
+                        .strip_prefix(&root)
+                        .unwrap()
+                        .components()
+                        .count();
+                    let ups = target
+                        .components()
+                        .filter(|c| matches!(c, std::path::Component::ParentDir))
+                        .count();
+                    assert!(
+                        ups < depth,
+                        "round {round}: {} -> {}",
+                        p.display(),
+                        target.display()
+                    );
+                }
+            }
+        }
+    }
+}
