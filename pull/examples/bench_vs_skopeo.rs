@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `make bench` part for kmod-day1-pull: median wall time and peak RSS of `kmod-day1-pull`
 //! versus `skopeo copy docker://... oci:...` for the same kmod images (50 MB and 500 MB of
-//! incompressible module data by default) from Debian's `docker-registry` on loopback, run
+//! incompressible data by default, a base layer and a modules layer) from Debian's `docker-registry` on loopback, run
 //! alternately, reported as ratios. Targets: wall <= 1.0x skopeo, peak RSS <= 0.5x skopeo.
 //!
 //! cargo run --release -p kmod-day1-pull --example bench_vs_skopeo -- [PULL_BINARY] [SIZES_MB...]
@@ -80,17 +80,22 @@ fn main() {
 }
 
 fn image(mb: u64) -> BuiltImage {
-    // Several files, as a driver plus firmware would be; random content does not compress.
-    let mut layer = Layer::new().compression(Compression::Gzip);
-    let parts = 5u64;
+    // Like a real kmod image: a base layer (a fifth of the size, not extracted) under the
+    // layer with the modules, in several files; random content does not compress.
+    let base =
+        Layer::new()
+            .compression(Compression::Gzip)
+            .random("usr/lib/base.bin", mb * 200_000, 99);
+    let mut modules = Layer::new().compression(Compression::Gzip);
+    let parts = 4u64;
     for i in 0..parts {
-        layer = layer.random(
+        modules = modules.random(
             format!("opt/lib/modules/{K}/extra/part{i}.ko"),
-            mb * 1_000_000 / parts,
+            mb * 800_000 / parts,
             i,
         );
     }
-    Image::new().layer(layer).build().unwrap()
+    Image::new().layer(base).layer(modules).build().unwrap()
 }
 
 fn start_registry(work: &Path) -> (std::process::Child, String) {

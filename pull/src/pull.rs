@@ -529,42 +529,62 @@ impl Puller<'_> {
             &job.kernel,
             job.set.firmware_path.as_ref(),
         );
-        let mut builder = TreeBuilder::new(staging.clone(), selection, limits)?;
+        let builder = TreeBuilder::new(staging.clone(), selection, limits)?;
         let total: u64 = img.layers.iter().map(|l| l.size).sum();
         info!(image = %job.image, digest = %img.manifest_digest, layers = img.layers.len(), size = human_bytes(total), "downloading {}", job.image);
-        for (i, layer) in img.layers.iter().enumerate() {
-            if layer.size > limits.max_layer {
-                anyhow::bail!(
-                    "layer {} of {} is {} bytes, over the layer limit",
-                    layer.digest,
-                    job.image,
-                    layer.size
-                );
+        // Layer N is extracted on a blocking thread while layer N+1 downloads. A layer is
+        // handed over only once complete and verified; extraction stays in layer order.
+        let (verified, to_extract) = std::sync::mpsc::channel::<(std::path::PathBuf, String)>();
+        let extractor = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut builder = builder;
+            for (path, digest) in to_extract {
+                let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                builder.apply_layer(std::io::BufReader::with_capacity(256 * 1024, f), &digest)?;
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
             }
-            let mut dl =
-                BlobDownload::create(store.tmp_path(&format!("blob-{}", layer.digest.hex())))?;
-            let mut progress = Progress::new(
-                format!("{} layer {}/{}", job.image, i + 1, img.layers.len()),
-                layer.size,
-                tty,
-            );
-            let what = format!("downloading layer {} of {}", layer.digest, src.image);
-            with_retries(&policy, &what, async || {
-                repo.blob(layer, &mut dl, &mut progress).await
-            })
-            .await?;
-            progress.finish();
-            *bytes += layer.size;
-            let f = File::open(dl.path())
-                .with_context(|| format!("opening {}", dl.path().display()))?;
-            builder.apply_layer(
-                std::io::BufReader::with_capacity(256 * 1024, f),
-                layer.digest.as_str(),
-            )?;
-            std::fs::remove_file(dl.path())
-                .with_context(|| format!("removing {}", dl.path().display()))?;
-        }
-        let stats = builder.finish()?;
+            Ok(builder.finish()?)
+        });
+        let mut download = async || -> anyhow::Result<()> {
+            for (i, layer) in img.layers.iter().enumerate() {
+                if layer.size > limits.max_layer {
+                    anyhow::bail!(
+                        "layer {} of {} is {} bytes, over the layer limit",
+                        layer.digest,
+                        job.image,
+                        layer.size
+                    );
+                }
+                let mut dl = BlobDownload::create(
+                    store.tmp_path(&format!("blob-{i}-{}", layer.digest.hex())),
+                )?;
+                let mut progress = Progress::new(
+                    format!("{} layer {}/{}", job.image, i + 1, img.layers.len()),
+                    layer.size,
+                    tty,
+                );
+                let what = format!("downloading layer {} of {}", layer.digest, src.image);
+                with_retries(&policy, &what, async || {
+                    repo.blob(layer, &mut dl, &mut progress).await
+                })
+                .await?;
+                progress.finish();
+                *bytes += layer.size;
+                if verified
+                    .send((dl.path().to_owned(), layer.digest.to_string()))
+                    .is_err()
+                {
+                    // The extractor stopped: its error is the one to report.
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let downloaded = download().await;
+        drop(verified);
+        let extracted = extractor.await.context("extraction thread")?;
+        downloaded?;
+        let stats = extracted?;
         store
             .commit_tree(&staging, id)
             .with_context(|| format!("committing tree {id}"))?;
