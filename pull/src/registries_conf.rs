@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `containers-registries.conf(5)` version 2: `[[registry]]` entries with `prefix`,
+//! `containers-registries.conf(5)` version 2 (and its `.d` drop-ins): `[[registry]]` entries with `prefix`,
 //! `location`, `insecure`, `blocked`, `mirror-by-digest-only` and `[[registry.mirror]]`
 //! (`location`, `insecure`, `pull-from-mirror`).
 //!
@@ -142,8 +142,33 @@ pub struct PullSource {
 }
 
 impl RegistriesConf {
-    /// Reads `path`; a missing file is an empty config.
+    /// Reads `path`, then the drop-ins `<path>.d/*.conf` in name order
+    /// (containers-registries.conf.d(5)): a drop-in's `[[registry]]` replaces the one with the
+    /// same prefix, others are added. Missing files are empty configs.
     pub fn load(path: &Path) -> Result<Self, RegistriesConfError> {
+        let mut conf = Self::load_one(path)?;
+        let mut dropin_dir = path.as_os_str().to_owned();
+        dropin_dir.push(".d");
+        let mut dropins: Vec<_> = match std::fs::read_dir(&dropin_dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .collect(),
+            Err(_) => vec![],
+        };
+        dropins.sort();
+        for d in dropins {
+            for r in Self::load_one(&d)?.registries {
+                match conf.registries.iter_mut().find(|x| x.prefix == r.prefix) {
+                    Some(x) => *x = r,
+                    None => conf.registries.push(r),
+                }
+            }
+        }
+        Ok(conf)
+    }
+
+    fn load_one(path: &Path) -> Result<Self, RegistriesConfError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
@@ -434,5 +459,29 @@ location = "cache.local"
             RegistriesConf::load(Path::new("/nonexistent/registries.conf")).unwrap(),
             RegistriesConf::default()
         );
+    }
+
+    #[test]
+    fn drop_ins_replace_and_add() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("registries.conf");
+        std::fs::write(&main, "[[registry]]\nprefix = \"a.io\"\nblocked = true\n").unwrap();
+        std::fs::create_dir(d.path().join("registries.conf.d")).unwrap();
+        std::fs::write(
+            d.path().join("registries.conf.d/10-a.conf"),
+            "[[registry]]\nprefix = \"a.io\"\ninsecure = true\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("registries.conf.d/20-b.conf"),
+            "[[registry]]\nprefix = \"b.io\"\nblocked = true\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("registries.conf.d/ignored.txt"), "garbage").unwrap();
+        let c = RegistriesConf::load(&main).unwrap();
+        assert_eq!(c.registries.len(), 2);
+        let a = ImageRef::parse("a.io/x:1").unwrap();
+        assert_eq!(names(&c.sources(&a).unwrap()), ["a.io/x:1 (http)"]);
+        assert!(c.sources(&ImageRef::parse("b.io/x:1").unwrap()).is_err());
     }
 }
