@@ -187,7 +187,14 @@ pub struct HostClient {
     api_host: String,
     scheme: &'static str,
     http: reqwest::Client,
-    oci: oci_client::Client,
+    // Built on the first 401 only: oci-client's constructor panics on a node without a CA
+    // bundle (it always builds a default reqwest client), and a plain-HTTP anonymous
+    // registry must work there.
+    oci: std::sync::OnceLock<Result<oci_client::Client, String>>,
+    mode: TlsMode,
+    insecure: bool,
+    net: NetConfig,
+    oci_certs: Vec<oci_client::client::Certificate>,
 }
 
 fn ca_files(certs_dir: &Path, host: &str) -> Vec<PathBuf> {
@@ -222,62 +229,134 @@ impl HostClient {
                 data: pem,
             });
         }
-        let no_proxy = net
-            .no_proxy
-            .as_deref()
-            .and_then(reqwest::NoProxy::from_string);
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(net.connect_timeout)
-            .read_timeout(net.read_timeout)
-            .user_agent(concat!("kmod-day1-pull/", env!("CARGO_PKG_VERSION")))
-            .no_proxy();
-        if let Some(p) = &net.https_proxy {
-            b = b.proxy(
-                reqwest::Proxy::https(p)
-                    .map_err(|e| bad(format!("HTTPS_PROXY {p:?}: {e}")))?
-                    .no_proxy(no_proxy.clone()),
-            );
-        }
-        if let Some(p) = &net.http_proxy {
-            b = b.proxy(
-                reqwest::Proxy::http(p)
-                    .map_err(|e| bad(format!("HTTP_PROXY {p:?}: {e}")))?
-                    .no_proxy(no_proxy),
-            );
-        }
-        if !certs.is_empty() {
-            b = b.tls_certs_merge(certs);
-        }
-        let http = b.build().map_err(|e| bad(error_chain(&e)))?;
-        let oci_cfg = oci_client::client::ClientConfig {
-            protocol: if insecure {
-                oci_client::client::ClientProtocol::Http
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            extra_root_certificates: oci_certs,
-            connect_timeout: Some(net.connect_timeout),
-            read_timeout: Some(net.read_timeout),
-            https_proxy: net.https_proxy.clone(),
-            http_proxy: net.http_proxy.clone(),
-            no_proxy: net.no_proxy.clone(),
-            platform_resolver: None,
-            ..Default::default()
-        };
-        let oci = oci_client::Client::try_from(oci_cfg).map_err(|e| bad(error_chain(&e)))?;
-        // Docker Hub's API lives on another name than its references.
-        let api_host = if host == "docker.io" {
-            "registry-1.docker.io"
+        // Insecure (plain HTTP) hosts need no trust store at all (a node without a CA bundle
+        // must still reach its plain-HTTP registry); others use the system bundle plus
+        // certs.d, or certs.d alone when the system has no bundle.
+        let modes: &[TlsMode] = if insecure {
+            &[TlsMode::NoVerify]
+        } else if certs.is_empty() {
+            &[TlsMode::System]
         } else {
-            host
+            &[TlsMode::System, TlsMode::CertsDirOnly]
         };
-        Ok(Self {
-            host: host.to_owned(),
-            api_host: api_host.to_owned(),
-            scheme: if insecure { "http" } else { "https" },
-            http,
-            oci,
-        })
+        let mut last_err = String::new();
+        for mode in modes {
+            match build_http(*mode, net, &certs) {
+                Ok(http) => {
+                    // Docker Hub's API lives on another name than its references.
+                    let api_host = if host == "docker.io" {
+                        "registry-1.docker.io"
+                    } else {
+                        host
+                    };
+                    return Ok(Self {
+                        host: host.to_owned(),
+                        api_host: api_host.to_owned(),
+                        scheme: if insecure { "http" } else { "https" },
+                        http,
+                        oci: std::sync::OnceLock::new(),
+                        mode: *mode,
+                        insecure,
+                        net: net.clone(),
+                        oci_certs,
+                    });
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        if last_err.contains("No CA certificates") {
+            last_err = format!(
+                "{last_err}: install the system CA bundle (ca-certificates) or put the registry's CA in {}",
+                net.certs_dir.join(host).join("ca.crt").display()
+            );
+        }
+        Err(bad(last_err))
+    }
+}
+
+/// How a client trusts servers.
+#[derive(Debug, Clone, Copy)]
+enum TlsMode {
+    /// The system bundle plus certs.d.
+    System,
+    /// certs.d only.
+    CertsDirOnly,
+    /// No verification: for registries marked insecure (plain HTTP; containers/image also
+    /// skips verification for them).
+    NoVerify,
+}
+
+fn build_http(
+    mode: TlsMode,
+    net: &NetConfig,
+    certs: &[reqwest::Certificate],
+) -> Result<reqwest::Client, String> {
+    let no_proxy = net
+        .no_proxy
+        .as_deref()
+        .and_then(reqwest::NoProxy::from_string);
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(net.connect_timeout)
+        .read_timeout(net.read_timeout)
+        .user_agent(concat!("kmod-day1-pull/", env!("CARGO_PKG_VERSION")))
+        .no_proxy();
+    if let Some(p) = &net.https_proxy {
+        b = b.proxy(
+            reqwest::Proxy::https(p)
+                .map_err(|e| format!("HTTPS_PROXY {p:?}: {e}"))?
+                .no_proxy(no_proxy.clone()),
+        );
+    }
+    if let Some(p) = &net.http_proxy {
+        b = b.proxy(
+            reqwest::Proxy::http(p)
+                .map_err(|e| format!("HTTP_PROXY {p:?}: {e}"))?
+                .no_proxy(no_proxy),
+        );
+    }
+    b = match mode {
+        TlsMode::System if certs.is_empty() => b,
+        TlsMode::System => b.tls_certs_merge(certs.to_vec()),
+        TlsMode::CertsDirOnly => b.tls_certs_only(certs.to_vec()),
+        TlsMode::NoVerify => b.danger_accept_invalid_certs(true),
+    };
+    b.build().map_err(|e| error_chain(&e))
+}
+
+impl HostClient {
+    /// oci-client, for the token flow.
+    fn oci(&self) -> Result<&oci_client::Client, String> {
+        self.oci
+            .get_or_init(|| {
+                if let Err(e) = reqwest::Client::builder().build() {
+                    return Err(format!(
+                        "the bearer token flow needs the system CA bundle ({}); install ca-certificates",
+                        error_chain(&e)
+                    ));
+                }
+                let mut cfg = oci_client::client::ClientConfig {
+                    protocol: if self.insecure {
+                        oci_client::client::ClientProtocol::Http
+                    } else {
+                        oci_client::client::ClientProtocol::Https
+                    },
+                    connect_timeout: Some(self.net.connect_timeout),
+                    read_timeout: Some(self.net.read_timeout),
+                    https_proxy: self.net.https_proxy.clone(),
+                    http_proxy: self.net.http_proxy.clone(),
+                    no_proxy: self.net.no_proxy.clone(),
+                    platform_resolver: None,
+                    ..Default::default()
+                };
+                match self.mode {
+                    TlsMode::System => cfg.extra_root_certificates = self.oci_certs.clone(),
+                    TlsMode::CertsDirOnly => cfg.tls_certs_only = self.oci_certs.clone(),
+                    TlsMode::NoVerify => cfg.accept_invalid_certificates = true,
+                }
+                oci_client::Client::try_from(cfg).map_err(|e| error_chain(&e))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -449,11 +528,13 @@ impl<'a> Repo<'a> {
             }
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
+        let oci = self.client.oci().map_err(|message| FetchError::Auth {
+            registry: self.client.host.clone(),
+            message,
+        })?;
         let res = tokio::time::timeout_at(
             self.deadline.into(),
-            self.client
-                .oci
-                .auth(&reference, &auth, oci_client::RegistryOperation::Pull),
+            oci.auth(&reference, &auth, oci_client::RegistryOperation::Pull),
         )
         .await
         .map_err(|_| {

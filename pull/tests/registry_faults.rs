@@ -441,3 +441,26 @@ fn a_plain_http_registry_not_marked_insecure_says_so() {
     assert!(t.elapsed() < Duration::from_secs(10));
     node.assert_store_empty();
 }
+
+#[test]
+fn a_node_without_a_ca_bundle_still_pulls_from_a_plain_http_registry() {
+    let no_bundle = |node: &Node| {
+        let out = node
+            .command(10)
+            .env("SSL_CERT_FILE", "/nonexistent")
+            .env("SSL_CERT_DIR", "/nonexistent")
+            .output()
+            .unwrap();
+        common::Run::from(out)
+    };
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    no_bundle(&node).expect(0).says("committed");
+    assert_committed(&node, &digest, "oot-1");
+    // The token flow needs TLS roots: a clean error, no panic.
+    let reg = Registry::start_with_auth(Auth::bearer("puller", "s3cret")).unwrap();
+    let (node, _) = setup(&reg);
+    node.pull_secret(&reg.host(), "puller", "s3cret");
+    no_bundle(&node).expect(1).says("ca-certificates");
+    node.assert_store_empty();
+}
