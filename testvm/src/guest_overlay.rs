@@ -88,6 +88,12 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
             LOG_DROPIN,
         )?;
     }
+    // journald forwards the units' stdout/stderr to kmsg only up to MaxLevelKMsg (notice by
+    // default): the info lines (pulling, committed, loaded) are the story.
+    write_file(
+        &root.join("etc/systemd/journald.conf.d/90-testvm.conf"),
+        "[Journal]\nMaxLevelKMsg=info\n",
+    )?;
     // Kernel info lines (the out-of-tree e1000's marker, kd1_main's firmware line, the
     // kmod-day1 units' logs) must reach the serial console.
     write_file(
