@@ -175,7 +175,8 @@ pub struct PullStatus {
     pub kernel_release: String,
     /// One entry per (config, set, kernel) handled.
     pub pulls: Vec<PullRecord>,
-    /// `requested`, `notNeeded`, `refusedByGuard`, `disabled` or `skippedAfterFailure`.
+    /// `requested`, `notNeeded`, `refusedByGuard`, `disabled`, `skippedAfterFailure` or
+    /// `failed` (asking logind/systemd for the reboot failed; nothing was recorded in the guard).
     pub reboot: String,
     /// Overall error, if the run failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -464,3 +464,21 @@ fn a_node_without_a_ca_bundle_still_pulls_from_a_plain_http_registry() {
     no_bundle(&node).expect(1).says("ca-certificates");
     node.assert_store_empty();
 }
+
+#[test]
+fn a_reboot_that_cannot_be_asked_for_is_not_recorded() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.loader_status(SetState::NotStored);
+    let out = node.command_dbus(20).output().unwrap();
+    common::Run::from(out)
+        .expect(1)
+        .says("reboot: requested")
+        .says("asking for a reboot failed");
+    let guard: kmod_day1_contract::RebootGuard =
+        kmod_day1_contract::read_json(&node.store().join("reboots.json"))
+            .unwrap()
+            .unwrap();
+    assert!(guard.reboots.is_empty(), "{guard:?}");
+    assert_eq!(node.last_pull().reboot, "failed");
+}

@@ -98,7 +98,19 @@ impl Node {
     }
 
     pub fn command(&self, budget: u64) -> Command {
+        let mut c = self.command_dbus(budget);
+        c.arg("--reboot-marker").arg(self.path("rebooted"));
+        c
+    }
+
+    /// Without the reboot marker: a reboot goes to D-Bus, here a system bus address where
+    /// nothing listens (never the host's real bus).
+    pub fn command_dbus(&self, budget: u64) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kmod-day1-pull"));
+        c.env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}", self.path("no-bus").display()),
+        );
         c.arg("--config-dir")
             .arg(self.path("config.d"))
             .arg("--store")
@@ -117,8 +129,6 @@ impl Node {
             .arg(self.path("boot_id"))
             .arg("--cmdline")
             .arg(self.path("cmdline"))
-            .arg("--reboot-marker")
-            .arg(self.path("rebooted"))
             .arg("--budget")
             .arg(budget.to_string())
             .arg("--request-timeout")
