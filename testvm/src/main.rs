@@ -2,7 +2,7 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tracing::error;
 
@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Scenario { name } => (vec![name.as_str()], false),
         Cmd::Bench => (vec![], true),
     };
+    let report_path = dirs.work.join("report.txt");
     let mut lab = Lab::setup(dirs)?;
     let setup: Vec<String> = lab
         .setup_secs
@@ -80,16 +81,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|(k, s)| format!("{k} {s:.0} s"))
         .collect();
     let outcome = scenarios::run(&mut lab, &names, with_bench)?;
-    println!();
+    let mut text = String::new();
     for r in &outcome.reports {
-        print!("{}", r.render());
+        text.push_str(&r.render());
     }
     if with_bench {
-        println!("=== timings");
-        print!("{}", outcome.bench);
+        text.push_str("=== timings\n");
+        text.push_str(&outcome.bench);
     }
-    println!("setup: {}", setup.join(", "));
-    println!("total wall time: {:.0} s", started.elapsed().as_secs_f64());
+    text.push_str(&format!("setup: {}\n", setup.join(", ")));
+    text.push_str(&format!(
+        "total wall time: {:.0} s\n",
+        started.elapsed().as_secs_f64()
+    ));
+    println!("\n{text}");
+    std::fs::write(&report_path, &text)
+        .with_context(|| format!("writing {}", report_path.display()))?;
     let failed: Vec<&str> = outcome
         .reports
         .iter()

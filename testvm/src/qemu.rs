@@ -167,9 +167,11 @@ impl Machine {
             self.name, self.kernel.release
         );
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .context("starting qemu-system-x86_64 (install it with hack/install-deps vm)")?;
+        let mut child = QemuProcess(
+            cmd.spawn()
+                .context("starting qemu-system-x86_64 (install it with hack/install-deps vm)")?,
+        );
+        let child = &mut child.0;
         let mut forced = None;
         let status = loop {
             if let Some(s) = child.try_wait().context("waiting for QEMU")? {
@@ -182,7 +184,7 @@ impl Machine {
                     self.timeout.as_secs()
                 );
                 forced = Some(BootEnd::Timeout);
-                kill(&mut child)?;
+                kill(child)?;
                 break None;
             }
             if cut() {
@@ -192,7 +194,7 @@ impl Machine {
                     started.elapsed().as_secs_f64()
                 );
                 forced = Some(BootEnd::Killed);
-                kill(&mut child)?;
+                kill(child)?;
                 break None;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -228,6 +230,18 @@ impl Machine {
             }
         }
         Ok(&self.boots[first..])
+    }
+}
+
+/// Kills QEMU if the harness leaves a boot early (an error, a panic): no VM outlives it.
+struct QemuProcess(Child);
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
