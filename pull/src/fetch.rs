@@ -651,6 +651,18 @@ impl<'a> Repo<'a> {
     /// Fetches a manifest by tag or digest; checks it against a digest reference and
     /// against the registry's `Docker-Content-Digest`.
     pub async fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, Digest), FetchError> {
+        // A tag has no ':'; a digest reference is checked, and one this code cannot check
+        // (sha512) is refused rather than trusted.
+        let expected = if reference.contains(':') {
+            Some(Digest::parse(reference).map_err(|e| {
+                FetchError::Invalid(format!(
+                    "manifest {}@{reference}: {e}; pin a sha256 digest",
+                    self.image.name()
+                ))
+            })?)
+        } else {
+            None
+        };
         let url = self.url("manifests", reference);
         let resp = self.get(&url, Some(ACCEPT_MANIFESTS), 0).await?;
         let header = resp
@@ -670,7 +682,7 @@ impl<'a> Repo<'a> {
         }
         let digest = Digest::of(&body);
         let what = format!("manifest {}", self.image.name());
-        if let Ok(expected) = Digest::parse(reference) {
+        if let Some(expected) = expected {
             if expected != digest {
                 return Err(FetchError::Digest {
                     what: format!("{what}@{reference}"),

@@ -178,6 +178,13 @@ fn corrupt_blobs_and_lying_manifests_leave_the_store_unchanged() {
     node.config(&format!("{}/{REPO}@{other}", reg.host()), "");
     node.run(20).expect(1);
     node.assert_store_empty();
+    // A digest this tool cannot check is refused, not trusted.
+    node.config(
+        &format!("{}/{REPO}@sha512:{}", reg.host(), "ab".repeat(64)),
+        "",
+    );
+    node.run(20).expect(1).says("pin a sha256 digest");
+    node.assert_store_empty();
     // The right pin works, and the next run does not even ask the registry.
     node.config(&format!("{}/{REPO}@{digest}", reg.host()), "");
     node.run(20).expect(0).says("committed");
