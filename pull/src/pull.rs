@@ -102,8 +102,17 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
 
     // What to pull: the running kernel first, then the other boot entries' kernels.
     let mut kernels = vec![(kernel.clone(), false)];
+    // The kernels a boot can still use, for pruning refs; unknown without BLS entries.
+    let mut bootable: Option<BTreeSet<String>> = None;
     match boot_entry_kernels(&cli.boot_entries) {
-        Ok(ks) => kernels.extend(ks.into_iter().filter(|k| *k != kernel).map(|k| (k, true))),
+        Ok(ks) => {
+            if !ks.is_empty() {
+                let mut b: BTreeSet<String> = ks.iter().map(|k| k.to_string()).collect();
+                b.insert(kernel.to_string());
+                bootable = Some(b);
+            }
+            kernels.extend(ks.into_iter().filter(|k| *k != kernel).map(|k| (k, true)))
+        }
         Err(e) => {
             warn!(dir = %cli.boot_entries.display(), "cannot read the boot entries, so no prefetch: {e}")
         }
@@ -238,7 +247,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
                 .collect()
         })
         .unwrap_or_default();
-    match store.gc(&names) {
+    match store.gc(&names, bootable.as_ref()) {
         Ok(removed) if !removed.is_empty() => {
             info!(trees = removed.len(), "removed unreferenced trees")
         }

@@ -149,7 +149,14 @@ impl Store {
     /// Removes the refs of configs that are gone (only when `configs` is not empty: an empty
     /// or wrong config directory must not wipe the store) and every tree no ref points at.
     /// Returns the trees removed.
-    pub fn gc(&self, configs: &BTreeSet<String>) -> io::Result<Vec<String>> {
+    ///
+    /// With `kernels` (the running kernel and every boot entry's, when the boot entries
+    /// could be read), the refs of other kernels go too: no boot can use them any more.
+    pub fn gc(
+        &self,
+        configs: &BTreeSet<String>,
+        kernels: Option<&BTreeSet<String>>,
+    ) -> io::Result<Vec<String>> {
         let refs = self.layout.refs_dir();
         let mut keep = BTreeSet::new();
         for cfg in read_dir_names(&refs)? {
@@ -165,6 +172,16 @@ impl Store {
             for set in read_dir_names(&cfg_dir)? {
                 for r in read_dir_names(&cfg_dir.join(&set))? {
                     let p = cfg_dir.join(&set).join(&r);
+                    let kernel = r.strip_suffix(".json").unwrap_or(&r);
+                    if kernels.is_some_and(|k| !k.contains(kernel)) {
+                        info!(
+                            config = cfg,
+                            set, kernel, "removing the ref of a kernel no boot entry names"
+                        );
+                        fs::remove_file(&p).map_err(ctx("removing", &p))?;
+                        sync_dir(&cfg_dir.join(&set))?;
+                        continue;
+                    }
                     match read_json::<RefRecord>(&p) {
                         Ok(Some(rec)) => {
                             keep.insert(rec.tree);
@@ -257,11 +274,23 @@ mod tests {
         let gone = ConfigName::new("gone").unwrap();
         s.write_ref(&gone, &set, &k, &rec("aa")).unwrap();
         // With no config files known, nothing is pruned by config.
-        assert!(s.gc(&BTreeSet::new()).unwrap().is_empty());
-        let removed = s.gc(&["c".to_owned()].into()).unwrap();
+        assert!(s.gc(&BTreeSet::new(), None).unwrap().is_empty());
+        let removed = s.gc(&["c".to_owned()].into(), None).unwrap();
         assert_eq!(removed, ["aa"]);
         assert!(s.has_tree("bb"));
         assert!(!s.layout().refs_dir().join("gone").exists());
         assert_eq!(fs::read_dir(s.layout().tmp_dir()).unwrap().count(), 0);
+        // A kernel no boot entry names any more: its ref and tree go.
+        let kept: BTreeSet<String> = ["6.1".to_owned()].into();
+        assert!(s
+            .gc(&["c".to_owned()].into(), Some(&kept))
+            .unwrap()
+            .is_empty());
+        let other: BTreeSet<String> = ["6.2".to_owned()].into();
+        assert_eq!(
+            s.gc(&["c".to_owned()].into(), Some(&other)).unwrap(),
+            ["bb"]
+        );
+        assert!(s.layout().read_ref(&c, &set, &k).unwrap().is_none());
     }
 }

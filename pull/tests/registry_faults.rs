@@ -389,6 +389,17 @@ fn prefetches_boot_entry_kernels_without_reboot() {
     .unwrap();
     node.run(10).expect(1).says("failed");
     assert!(node.ref_record(K).is_some());
+    // Both other kernels are uninstalled: their refs and trees go, the running one's stay.
+    std::fs::remove_file(node.path("entries/next.conf")).unwrap();
+    std::fs::remove_file(node.path("entries/gone.conf")).unwrap();
+    std::fs::write(
+        node.path("entries/cur.conf"),
+        format!("linux /vmlinuz-{K}\n"),
+    )
+    .unwrap();
+    node.run(10).expect(0).says("no boot entry names");
+    assert!(node.ref_record(K2).is_none());
+    assert_eq!(node.names("trees"), [node.ref_record(K).unwrap().tree]);
 }
 
 #[test]
