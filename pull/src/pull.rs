@@ -382,15 +382,27 @@ async fn with_retries<T>(
             Ok(v) => return Ok(v),
             Err(e) if e.retryable() => match policy.next_wait(attempt, e.retry_after()) {
                 Some(wait) => {
-                    warn!(attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "{what}: {e}; retrying");
+                    warn!(
+                        attempt = attempt + 1,
+                        wait_ms = wait.as_millis() as u64,
+                        "{what}: {e}; retrying"
+                    );
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
                 None => {
+                    let why = match e.retry_after() {
+                        Some(ra) => format!(
+                            "the registry asked to retry after {} s, beyond the {} s left of the retry budget",
+                            ra.as_secs(),
+                            policy.remaining().as_secs()
+                        ),
+                        None => "the retry budget is spent".into(),
+                    };
                     return Err(FetchError::Budget(format!(
-                        "{e} (gave up after {} attempts: the retry budget is spent; raise --budget or fix the registry or network)",
+                        "{e} (gave up after {} attempts: {why}; raise --budget or fix the registry or network)",
                         attempt + 1
-                    )))
+                    )));
                 }
             },
             Err(e) => return Err(e),

@@ -137,6 +137,15 @@ fn retries_server_errors_and_honours_retry_after() {
     assert!(t.elapsed() >= Duration::from_secs(2));
     assert_eq!(reg.fault_fired(r429), 1);
     assert_committed(&node, &digest, "oot-1");
+
+    // A Retry-After beyond the budget ends the run at once, saying so.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    reg.fault(Fault::status_retry_after(503, 3600).on("/manifests/"));
+    let t = Instant::now();
+    node.run(20).expect(1).says("retry after 3600 s");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    node.assert_store_empty();
 }
 
 #[test]
