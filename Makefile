@@ -37,8 +37,10 @@ test-vm:
 	hack/install-deps vm
 	$(CARGO) run --release -p kmod-day1-testvm -- all
 
-bench:
+# Pull vs skopeo on loopback (host), then the VM timings (boot, loader vs modprobe).
+bench: static
 	hack/install-deps vm
+	$(CARGO) run --release -p kmod-day1-pull --example bench_vs_skopeo
 	$(CARGO) run --release -p kmod-day1-testvm -- bench
 
 # Rewrites mcgen's golden files from the current output.
