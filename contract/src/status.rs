@@ -63,6 +63,25 @@ pub struct SetStatus {
     pub error: Option<String>,
 }
 
+impl SetStatus {
+    /// A set of `config` in `state` with nothing loaded, removed or timed yet.
+    pub fn new(config: &str, set: &str, state: SetState) -> Self {
+        Self {
+            config: config.to_owned(),
+            set: set.to_owned(),
+            state,
+            image: None,
+            manifest_digest: None,
+            modules: vec![],
+            removed_in_tree: vec![],
+            rolled_back: false,
+            kernel_us: 0,
+            overhead_us: 0,
+            error: None,
+        }
+    }
+}
+
 /// Outcome of a module set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -199,19 +199,7 @@ fn handle_set(
 ) -> (SetStatus, u8) {
     let started = Instant::now();
     let label = format!("{}/{}", cfg.name, set.name);
-    let mut st = SetStatus {
-        config: cfg.name.to_string(),
-        set: set.name.to_string(),
-        state: SetState::NotStored,
-        image: None,
-        manifest_digest: None,
-        modules: vec![],
-        removed_in_tree: vec![],
-        rolled_back: false,
-        kernel_us: 0,
-        overhead_us: 0,
-        error: None,
-    };
+    let mut st = SetStatus::new(cfg.name.as_str(), set.name.as_str(), SetState::NotStored);
     let (state, error, code, kernel) = (|| {
         if hatches.skips(cfg.name.as_str(), set.name.as_str()) {
             info!("{label}: skipped by kmod_day1.skip on the kernel command line");
