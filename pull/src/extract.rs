@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use kmod_day1_contract::{AbsPath, KernelRelease};
 use tracing::warn;
 
+/// Read size from a layer's stream.
+const LAYER_BUFFER: usize = 256 * 1024;
+
 /// Size limits against hostile or broken layers.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractLimits {
@@ -160,11 +163,16 @@ impl TreeBuilder {
             layer: layer_name.to_owned(),
             message,
         };
-        let mut buffered = BufReader::with_capacity(64 * 1024, layer);
-        let magic = buffered
-            .fill_buf()
-            .map_err(|e| fmt_err(format!("reading: {e}")))?
-            .to_vec();
+        // The first bytes may arrive in several reads (a stream from the network, cut after
+        // one byte): read the 4 the magic needs, then put them back in front.
+        let mut layer = layer;
+        let mut magic = Vec::with_capacity(4);
+        (&mut layer)
+            .take(4)
+            .read_to_end(&mut magic)
+            .map_err(|e| fmt_err(format!("reading: {e}")))?;
+        let buffered =
+            BufReader::with_capacity(LAYER_BUFFER, io::Cursor::new(magic.clone()).chain(layer));
         let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -290,7 +298,9 @@ impl TreeBuilder {
                 // Keep the rwx bits only: no setuid, setgid or sticky from an image.
                 f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
                     .map_err(|e| self.io(&rel, e))?;
-                f.sync_all().map_err(|e| self.io(&rel, e))?;
+                // No fsync here: `finish` fsyncs every file once all layers are written
+                // (writeback has been started already), so extraction never waits for the
+                // disk while the download streams in.
                 self.stats.files += 1;
                 self.stats.bytes += size;
             }
@@ -562,7 +572,7 @@ impl TreeBuilder {
         Ok(link.to_owned())
     }
 
-    /// Syncs every directory and checks the config's paths were in the image.
+    /// Checks the config's paths were in the image, then fsyncs every file and directory.
     pub fn finish(self) -> Result<TreeStats, ExtractError> {
         for (i, (_, dest)) in self.selection.roots.iter().enumerate() {
             let p = self.root.join(dest);
@@ -583,9 +593,10 @@ impl TreeBuilder {
     }
 }
 
-/// Copies like `io::copy`, and asks the kernel to start writing back every few MiB, so the
-/// fsync at the end of the file waits for the tail only (a kmod image can hold hundreds of
-/// MiB of firmware). `POSIX_FADV_DONTNEED` starts asynchronous writeback of dirty pages.
+/// Copies like `io::copy`, and asks the kernel to start writing back every few MiB and at
+/// the end, so the fsyncs of `finish` find little left to write (a kmod image can hold
+/// hundreds of MiB of firmware). `POSIX_FADV_DONTNEED` starts asynchronous writeback of
+/// dirty pages.
 fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
     use std::io::Write as _;
     const CHUNK: usize = 256 * 1024;
@@ -594,7 +605,10 @@ fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
     let (mut total, mut kicked) = (0u64, 0u64);
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
+            Ok(0) => {
+                start_writeback(to, kicked, total);
+                return Ok(total);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -602,23 +616,50 @@ fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
         to.write_all(&buf[..n])?;
         total += n as u64;
         if total - kicked >= KICK {
-            let _ = nix::fcntl::posix_fadvise(
-                &*to,
-                kicked as i64,
-                (total - kicked) as i64,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            );
+            start_writeback(to, kicked, total);
             kicked = total;
         }
     }
 }
 
-/// fsyncs every directory under `dir` (files were synced when written), deepest first.
+fn start_writeback(f: &File, from: u64, to: u64) {
+    if to <= from {
+        return;
+    }
+    let _ = nix::fcntl::posix_fadvise(
+        f,
+        from as i64,
+        (to - from) as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
+/// fsyncs every file and directory under `dir`, deepest first, so that the tree is durable
+/// before it is renamed into `trees/`. Symlinks are not opened: their inodes are made
+/// durable by the fsync of their directory. One pass at the end instead of one fsync per
+/// file while extracting: the same guarantee before the rename, and the extractor keeps up
+/// with the download. (`syncfs(2)` would do it in one call but also waits for every other
+/// writer of the filesystem, and /var on a node is shared with CRI-O and kubelet.)
 pub fn sync_tree(dir: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
-        if e.file_type()?.is_dir() {
+        let ft = e.file_type()?;
+        if ft.is_dir() {
             sync_tree(&e.path())?;
+        } else if ft.is_file() {
+            // Read-only, or write-only for a file whose mode denies reading (not root).
+            let open = |read: bool| {
+                OpenOptions::new()
+                    .read(read)
+                    .write(!read)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(e.path())
+            };
+            let f = match open(true) {
+                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => open(false),
+                r => r,
+            }?;
+            f.sync_all()?;
         }
     }
     File::open(dir)?.sync_all()

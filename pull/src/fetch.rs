@@ -8,8 +8,6 @@
 //! because retries need the status and `Retry-After` of each answer, and resuming a cut
 //! download needs `Range`, neither of which oci-client exposes.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +16,7 @@ use kmod_day1_contract::ImageRef;
 use serde::Deserialize;
 
 use crate::auth::Credential;
+use crate::layer_stream::{Piece, PieceSender};
 use crate::progress::Progress;
 use crate::retry::parse_retry_after;
 use crate::verify::{Digest, Hasher};
@@ -424,50 +423,39 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
-/// A blob download that survives retries: bytes already on disk are kept and the rest
-/// asked for with `Range`.
+/// A blob download that survives retries: every byte received is hashed and handed to the
+/// extractor in order (nothing is written to disk here), and after a cut the rest is asked
+/// for with `Range`. [`Piece::Verified`] follows the last byte only once size and digest
+/// matched.
 pub struct BlobDownload {
-    path: PathBuf,
-    file: File,
     hasher: Hasher,
     written: u64,
+    sink: Option<PieceSender>,
 }
 
 impl BlobDownload {
-    /// Creates (truncates) `path`.
-    pub fn create(path: PathBuf) -> Result<Self, FetchError> {
-        let file = Self::open(&path)?;
-        Ok(Self {
-            path,
-            file,
+    /// A download whose bytes go to `sink` (none: only verified).
+    pub fn new(sink: Option<PieceSender>) -> Self {
+        Self {
             hasher: Hasher::new(),
             written: 0,
-        })
+            sink,
+        }
     }
 
-    fn open(path: &Path) -> Result<File, FetchError> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|source| FetchError::Io {
-                path: path.display().to_string(),
-                source,
-            })
+    /// Whether the extractor still reads (it stops on an error of its own).
+    pub fn extractor_alive(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| !s.is_closed())
     }
 
-    fn reset(&mut self) -> Result<(), FetchError> {
-        self.file = Self::open(&self.path)?;
-        self.hasher = Hasher::new();
-        self.written = 0;
-        Ok(())
-    }
-
-    /// The file, once complete and verified.
-    pub fn path(&self) -> &Path {
-        &self.path
+    async fn hand_on(&mut self, piece: Piece) {
+        if let Some(s) = &self.sink {
+            if s.send(piece).await.is_err() {
+                // The extractor failed: keep downloading to verify the blob, so that a
+                // corrupt blob is reported as such rather than as the extractor's error.
+                self.sink = None;
+            }
+        }
     }
 }
 
@@ -768,28 +756,44 @@ impl<'a> Repo<'a> {
     ) -> Result<(), FetchError> {
         let url = self.url("blobs", layer.digest.as_str());
         let resp = self.get(&url, None, dl.written).await?;
-        if dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            // The server sends the whole blob again.
-            dl.reset()?;
-        }
+        // A server that ignores Range sends the whole blob again. What was handed on cannot
+        // be taken back, so the repeated start must be the same bytes: its digest is compared
+        // with the digest of what was received before, then only the rest is handed on.
+        let mut again = (dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT)
+            .then(|| (Hasher::new(), dl.written));
         progress.set(dl.written);
         let mut stream = resp.bytes_stream();
-        let io_err = |source| FetchError::Io {
-            path: dl.path.display().to_string(),
-            source,
-        };
-        while let Some(chunk) = self.next_chunk(&mut stream, &url).await? {
+        while let Some(mut chunk) = self.next_chunk(&mut stream, &url).await? {
+            if let Some((seen, left)) = &mut again {
+                let n = chunk
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                seen.update(&chunk[..n]);
+                *left -= n as u64;
+                let _ = chunk.split_to(n);
+                if *left == 0 {
+                    if seen.clone().finish() != dl.hasher.clone().finish() {
+                        return Err(FetchError::Invalid(format!(
+                            "{url}: after a cut the registry ignored Range and sent the blob again with different first {} bytes; the registry or something between is serving wrong content",
+                            dl.written
+                        )));
+                    }
+                    again = None;
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
             if dl.written + chunk.len() as u64 > layer.size {
-                dl.reset()?;
                 return Err(FetchError::Invalid(format!(
                     "{url}: the registry sent more than the {} bytes the manifest declares",
                     layer.size
                 )));
             }
             dl.hasher.update(&chunk);
-            dl.file.write_all(&chunk).map_err(io_err)?;
             dl.written += chunk.len() as u64;
             progress.add(chunk.len() as u64);
+            dl.hand_on(Piece::Data(chunk)).await;
         }
         if dl.written < layer.size {
             return Err(FetchError::Transport {
@@ -803,17 +807,13 @@ impl<'a> Repo<'a> {
         }
         let got = dl.hasher.clone().finish();
         if got != layer.digest {
-            dl.reset()?;
             return Err(FetchError::Digest {
                 what: format!("blob {} of {}", layer.digest, self.image.name()),
                 expected: layer.digest.to_string(),
                 actual: got.to_string(),
             });
         }
-        dl.file.flush().map_err(|source| FetchError::Io {
-            path: dl.path.display().to_string(),
-            source,
-        })?;
+        dl.hand_on(Piece::Verified).await;
         Ok(())
     }
 }

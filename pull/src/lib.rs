@@ -8,6 +8,7 @@ pub mod boot_entries;
 pub mod cli;
 pub mod extract;
 pub mod fetch;
+pub mod layer_stream;
 pub mod progress;
 pub mod pull;
 pub mod reboot;

@@ -3,7 +3,6 @@
 //! decision -> `last-pull.json`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +18,7 @@ use crate::boot_entries::boot_entry_kernels;
 use crate::cli::Cli;
 use crate::extract::{ExtractLimits, Selection, TreeBuilder};
 use crate::fetch::{BlobDownload, FetchError, HostClient, NetConfig, Repo, ResolvedImage};
+use crate::layer_stream::{self, LayerReader};
 use crate::progress::{human_bytes, Progress};
 use crate::reboot::{decide, guard_with, request_reboot, RebootDecision, RebootInputs, SetOutcome};
 use crate::registries_conf::{PullSource, RegistriesConf};
@@ -553,16 +553,21 @@ impl Puller<'_> {
         let builder = TreeBuilder::new(staging.clone(), selection, limits)?;
         let total: u64 = img.layers.iter().map(|l| l.size).sum();
         info!(image = %job.image, digest = %img.manifest_digest, layers = img.layers.len(), size = human_bytes(total), "downloading {}", job.image);
-        // Layer N is extracted on a blocking thread while layer N+1 downloads. A layer is
-        // handed over only once complete and verified; extraction stays in layer order.
-        let (verified, to_extract) = std::sync::mpsc::channel::<(std::path::PathBuf, String)>();
+        // Speculative extraction: each layer is extracted on a blocking thread while it
+        // downloads, into the private staging directory. A layer's stream ends cleanly only
+        // after its blob matched digest and size (see layer_stream), and the tree is
+        // committed only when every layer did; on any failure the staging directory goes.
+        // Nothing unverified is ever committed, and the blob never touches the disk.
+        let (tx, mut rx) = layer_stream::channel();
+        let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
         let extractor = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut builder = builder;
-            for (path, digest) in to_extract {
-                let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                builder.apply_layer(std::io::BufReader::with_capacity(256 * 1024, f), &digest)?;
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
+            for digest in &digests {
+                let mut layer = LayerReader::new(&mut rx);
+                builder.apply_layer(&mut layer, digest)?;
+                layer
+                    .read_to_verified_end()
+                    .with_context(|| format!("reading layer {digest}"))?;
             }
             Ok(builder.finish()?)
         });
@@ -576,9 +581,7 @@ impl Puller<'_> {
                         layer.size
                     );
                 }
-                let mut dl = BlobDownload::create(
-                    store.tmp_path(&format!("blob-{i}-{}", layer.digest.hex())),
-                )?;
+                let mut dl = BlobDownload::new(Some(tx.clone()));
                 let mut progress = Progress::new(
                     format!("{} layer {}/{}", job.image, i + 1, img.layers.len()),
                     layer.size,
@@ -591,21 +594,29 @@ impl Puller<'_> {
                 .await?;
                 progress.finish();
                 *bytes += layer.size;
-                if verified
-                    .send((dl.path().to_owned(), layer.digest.to_string()))
-                    .is_err()
-                {
-                    // The extractor stopped: its error is the one to report.
+                if !dl.extractor_alive() {
+                    // The extractor stopped on a verified layer: its error is the one to
+                    // report.
                     break;
                 }
             }
             Ok(())
         };
         let downloaded = download().await;
-        drop(verified);
-        let extracted = extractor.await.context("extraction thread")?;
-        downloaded?;
-        let stats = extracted?;
+        // The extractor sees the end of the stream (an error unless every layer verified).
+        drop(tx);
+        let extracted = extractor.await.context("extraction thread");
+        // A failed download (a digest mismatch above all) explains an extraction error of
+        // the same bytes, so it is reported first.
+        let stats = match downloaded.and_then(|()| extracted?) {
+            Ok(stats) => stats,
+            Err(e) => {
+                if let Err(rm) = std::fs::remove_dir_all(&staging) {
+                    warn!(path = %staging.display(), "removing the staging directory: {rm}");
+                }
+                return Err(e);
+            }
+        };
         store
             .commit_tree(&staging, id)
             .with_context(|| format!("committing tree {id}"))?;

@@ -164,6 +164,174 @@ fn resumes_a_blob_cut_mid_way() {
     );
 }
 
+/// Every file of the committed tree, by path relative to the tree.
+fn tree_contents(node: &Node) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        dir: &std::path::Path,
+        rel: &str,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), &name, out);
+            } else {
+                out.insert(name, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    let tree = node.ref_record(K).expect("a ref").tree;
+    let mut out = std::collections::BTreeMap::new();
+    walk(&node.store().join("trees").join(tree), "", &mut out);
+    out
+}
+
+/// The modules layer uncompressed, so that a corrupt byte lands in file data and the
+/// speculative extraction of the blob succeeds: only the digest can refuse it.
+fn plain_image() -> kmod_day1_test_registry::BuiltImage {
+    Image::new()
+        .layer(Layer::new().file("usr/bin/base", b"base layer".to_vec()))
+        .layer(
+            Layer::new()
+                .compression(Compression::None)
+                .file(
+                    format!("opt/lib/modules/{K}/extra/e1000.ko"),
+                    b"oot-1".to_vec(),
+                )
+                .random(format!("opt/lib/modules/{K}/extra/big.bin"), 300_000, 7),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_blob_cut_anywhere_resumes_into_the_same_tree() {
+    let img = kmod_image(K, "oot-1");
+    let layer = img.layers[1].clone();
+    let reg = Registry::start().unwrap();
+    let digest = reg.push_image(REPO, K, &img);
+    let reference = Node::new();
+    reference.insecure(&[&reg.host()]);
+    reference.config(&format!("{}/{REPO}", reg.host()), "");
+    reference.run(30).expect(0);
+    let want = tree_contents(&reference);
+    assert!(
+        want.values().any(|v| v.len() == 300_000),
+        "{:?}",
+        want.keys()
+    );
+    // The extractor is fed while the blob downloads: a cut at the first byte, in the middle
+    // and before the last byte must continue its stream exactly where it stopped.
+    let len = layer.bytes.len() as u64;
+    for cut_at in [1, len / 2, len - 1] {
+        let node = Node::new();
+        node.insecure(&[&reg.host()]);
+        node.config(&format!("{}/{REPO}", reg.host()), "");
+        reg.clear_requests();
+        let cut = reg.fault(Fault::CutAfter { bytes: cut_at }.on(&layer.digest).times(1));
+        node.run(30).expect(0).says("retrying");
+        assert_eq!(reg.fault_fired(cut), 1);
+        let range = format!("bytes={cut_at}-");
+        assert!(
+            reg.requests()
+                .iter()
+                .any(|r| r.header("range") == Some(range.as_str())),
+            "{:?}",
+            reg.requests()
+        );
+        assert_eq!(node.ref_record(K).unwrap().manifest_digest, digest);
+        assert!(tree_contents(&node) == want, "cut at {cut_at}");
+        assert!(node.names("tmp").is_empty(), "tmp: {:?}", node.names("tmp"));
+    }
+}
+
+#[test]
+fn a_server_ignoring_range_after_a_cut_must_resend_the_same_bytes() {
+    let img = plain_image();
+    let layer = img.layers[1].clone();
+    let cut_at = layer.bytes.len() as u64 / 2;
+
+    // The whole blob again (200 to the Range request): the start is checked and skipped.
+    let reg = Registry::start().unwrap();
+    let digest = reg.push_image(REPO, K, &img);
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    reg.fault(Fault::CutAfter { bytes: cut_at }.on(&layer.digest).times(1));
+    let ignore = reg.fault(Fault::IgnoreRange.on(&layer.digest).after(1).times(1));
+    node.run(30).expect(0).says("retrying");
+    assert_eq!(reg.fault_fired(ignore), 1);
+    assert_committed(&node, &digest, "oot-1");
+
+    // The whole blob again, but with other bytes before the cut: what was extracted cannot
+    // be taken back, so the pull fails and nothing is committed.
+    let reg = Registry::start().unwrap();
+    reg.push_image(REPO, K, &img);
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let mut other = layer.bytes.clone();
+    other[600] ^= 0x20;
+    reg.fault(Fault::CutAfter { bytes: cut_at }.on(&layer.digest).times(1));
+    reg.fault(Fault::IgnoreRange.on(&layer.digest).after(1).times(1));
+    reg.fault(
+        Fault::ReplaceBody(other)
+            .on(&layer.digest)
+            .after(1)
+            .times(1),
+    );
+    node.run(30).expect(1).says("ignored Range");
+    node.assert_store_empty();
+
+    // The same start, a corrupt end: the digest refuses it.
+    let reg = Registry::start().unwrap();
+    reg.push_image(REPO, K, &img);
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let mut other = layer.bytes.clone();
+    *other.last_mut().unwrap() ^= 0x20;
+    reg.fault(Fault::CutAfter { bytes: cut_at }.on(&layer.digest).times(1));
+    reg.fault(Fault::IgnoreRange.on(&layer.digest).after(1).times(1));
+    reg.fault(
+        Fault::ReplaceBody(other)
+            .on(&layer.digest)
+            .after(1)
+            .times(1),
+    );
+    node.run(30).expect(1).says("digest mismatch");
+    node.assert_store_empty();
+}
+
+#[test]
+fn a_corrupt_blob_extracted_while_downloading_leaves_no_tree_and_no_ref() {
+    // The flipped byte is file data in a plain tar: extraction of the blob succeeds, only its
+    // digest fails, after the whole tree was written to staging.
+    let img = plain_image();
+    let reg = Registry::start().unwrap();
+    reg.push_image(REPO, K, &img);
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    reg.fault(Fault::CorruptBody.on(&img.layers[1].digest));
+    node.run(20).expect(1).says("digest mismatch");
+    node.assert_store_empty();
+    assert!(node.ref_record(K).is_none());
+    // And a stored tree is kept when the new image's blob is corrupt.
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    node.run(20).expect(0);
+    let before = tree_contents(&node);
+    let d2 = reg.push_image(REPO, K, &img);
+    assert_ne!(d2, digest);
+    reg.fault(Fault::CorruptBody.on(&img.layers[1].digest));
+    node.run(20).expect(1).says("digest mismatch");
+    assert_committed(&node, &digest, "oot-1");
+    assert_eq!(node.names("trees").len(), 1);
+    assert!(tree_contents(&node) == before);
+}
+
 #[test]
 fn corrupt_blobs_and_lying_manifests_leave_the_store_unchanged() {
     let reg = Registry::start().unwrap();

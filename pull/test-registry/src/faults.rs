@@ -8,9 +8,9 @@
 //!
 //! Which requests a rule counts depends on its fault:
 //!
-//! - [`Fault::Status`], [`Fault::Drop`] and [`Fault::Delay`] act before anything else, as a
-//!   failing proxy in front of a registry would: they count every matching request, including
-//!   a client's first, unauthenticated one, and `/token`.
+//! - [`Fault::Status`], [`Fault::Drop`], [`Fault::Delay`] and [`Fault::IgnoreRange`] act
+//!   before anything else, as a failing proxy in front of a registry would: they count every
+//!   matching request, including a client's first, unauthenticated one, and `/token`.
 //! - The faults that alter a response ([`Fault::CutAfter`], [`Fault::StallAfter`],
 //!   [`Fault::CorruptBody`],
 //!   [`Fault::LyingManifest`], [`Fault::ReplaceBody`], [`Fault::Slow`],
@@ -67,6 +67,9 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Drop,
+    /// Answer as if the request had no `Range` header: the whole blob with 200, as a server
+    /// without range support does after a cut.
+    IgnoreRange,
 }
 
 impl Fault {
@@ -97,7 +100,10 @@ impl Fault {
 
     /// Whether the fault replaces or delays the answer (else it alters a successful one).
     pub(crate) fn acts_before_routing(&self) -> bool {
-        matches!(self, Self::Status { .. } | Self::Drop | Self::Delay(_))
+        matches!(
+            self,
+            Self::Status { .. } | Self::Drop | Self::Delay(_) | Self::IgnoreRange
+        )
     }
 
     /// Whether an altering fault has something to alter in the answer to a HEAD request.
@@ -123,6 +129,7 @@ impl Fault {
             Self::Slow { .. } => "slow",
             Self::Delay(_) => "delay",
             Self::Drop => "drop",
+            Self::IgnoreRange => "ignore-range",
         }
     }
 }

@@ -38,6 +38,7 @@
 //! | 500s, then recovery | `Fault::status(500).on("/blobs/").times(2)` |
 //! | 429 + Retry-After | `Fault::status_retry_after(429, 1).on("/manifests/").times(1)` |
 //! | connection cut mid-blob | `Fault::CutAfter { bytes: 4096 }.on(&layer.digest).times(1)` |
+//! | no `Range` support after a cut | `Fault::IgnoreRange.on(&layer.digest).after(1).times(1)` |
 //! | server stalls mid-blob | `Fault::StallAfter { bytes: 4096 }.on("/blobs/")` |
 //! | bytes do not match the digest | `Fault::CorruptBody.on("/blobs/")`, or [`Registry::push_blob_as`] |
 //! | manifest content lies | `Fault::LyingManifest.on("/manifests/")`, `Fault::ReplaceBody(..)` |

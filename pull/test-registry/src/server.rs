@@ -169,9 +169,18 @@ fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
     let response = match replaced {
         Some(response) => response,
         None => {
+            let without_range;
+            let routed = if fired.contains(&Fault::IgnoreRange) {
+                let mut r = request.clone();
+                r.headers.retain(|(n, _)| n != "range");
+                without_range = r;
+                &without_range
+            } else {
+                request
+            };
             let mut response = match origin {
-                Origin::Registry => route(&mut state, shared, request),
-                Origin::BlobStore => blob_store(&state, request),
+                Origin::Registry => route(&mut state, shared, routed),
+                Origin::BlobStore => blob_store(&state, routed),
             };
             if (200..300).contains(&response.status) {
                 let on_success = fire(&mut state, request, Stage::OnSuccess);
