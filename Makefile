@@ -24,7 +24,7 @@ static:
 # The one test command (README, .ci/run): installs what it needs, then runs everything.
 test:
 	hack/install-deps unit
-	$(MAKE) lint unit-tests install-check dracut-check
+	$(MAKE) lint unit-tests install-check dracut-check test-vm
 
 lint:
 	$(CARGO) fmt --all --check
