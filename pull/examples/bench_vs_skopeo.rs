@@ -195,6 +195,12 @@ fn timed(cmd: &mut Command) -> (f64, u64) {
     let mut it = last.split_whitespace();
     let wall = it.next().and_then(|s| s.parse().ok()).expect("time output");
     let rss = it.next().and_then(|s| s.parse().ok()).expect("time output");
+    let cpu: Vec<&str> = it.collect();
+    eprintln!(
+        "  {:?}: {wall:.2} s wall, {rss} KiB, user+sys {}",
+        cmd.get_program(),
+        cpu.join("+")
+    );
     (wall, rss)
 }
 
@@ -217,7 +223,7 @@ fn measure_pull(bin: &Path, host: &str, work: &Path, run: usize) -> (f64, u64) {
     .unwrap();
     let r = timed(
         Command::new("/usr/bin/time")
-            .args(["-f", "%e %M"])
+            .args(["-f", "%e %M %U %S"])
             .arg(bin)
             .arg("--config-dir")
             .arg(node.join("config.d"))
@@ -242,7 +248,7 @@ fn measure_skopeo(host: &str, work: &Path, run: usize) -> (f64, u64) {
         Command::new("/usr/bin/time")
             .args([
                 "-f",
-                "%e %M",
+                "%e %M %U %S",
                 "/usr/bin/skopeo",
                 "copy",
                 "--quiet",
