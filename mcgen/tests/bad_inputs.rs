@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::mcgen;
+use support::{mcgen, KMM_FLAGS};
 
 /// A valid spec; each spec case replaces one piece of it.
 const BASE: &str = r#"apiVersion: kmod-day1.io/v1alpha1
@@ -35,19 +35,8 @@ enum Input {
     Args(&'static [&'static str]),
 }
 
-const KMM: [&str; 8] = [
-    "--machine-config",
-    "99-worker-ice",
-    "--machine-config-pool",
-    "worker",
-    "--image",
-    "quay.io/acme/ice-kmod",
-    "--kernel-module",
-    "ice",
-];
-
 fn kmm_with(flag: &'static str, value: &'static str) -> Vec<&'static str> {
-    let mut args = KMM.to_vec();
+    let mut args = KMM_FLAGS.to_vec();
     match args.iter().position(|a| *a == flag) {
         Some(i) => args[i + 1] = value,
         None => args.extend([flag, value]),

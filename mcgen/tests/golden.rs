@@ -7,104 +7,25 @@
 
 mod support;
 
-use support::{mcgen, root, validate_ignition};
+use support::{mcgen, root, validate_ignition, KMM_FLAGS};
 
 const BIN: &str = "mcgen/tests/fixtures/node-binaries";
 
-fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
+/// (golden file, mcgen arguments separated by spaces; `KMM` stands for the KMM base flags)
+fn cases() -> Vec<(&'static str, String)> {
+    let bin = format!("--node-binaries {BIN}");
+    let kmm = KMM_FLAGS.join(" ");
     vec![
-        (
-            "e1000.machineconfig.yaml",
-            vec!["-f", "examples/e1000.yaml"],
-        ),
-        (
-            "multi.machineconfig.yaml",
-            vec!["-f", "examples/multi.yaml"],
-        ),
-        (
-            "multi.ignition-3.3.json",
-            vec![
-                "-f",
-                "examples/multi.yaml",
-                "-o",
-                "ignition",
-                "--delivery",
-                "layered",
-                "--ignition-version",
-                "3.3.0",
-            ],
-        ),
-        (
-            "multi.ignition-3.4.json",
-            vec![
-                "-f",
-                "examples/multi.yaml",
-                "-o",
-                "ignition",
-                "--delivery",
-                "layered",
-                "--ignition-version",
-                "3.4.0",
-            ],
-        ),
-        (
-            "e1000.embedded.ignition.json",
-            vec![
-                "-f",
-                "examples/e1000.yaml",
-                "-o",
-                "ignition",
-                "--node-binaries",
-                BIN,
-            ],
-        ),
-        (
-            "e1000.embedded.machineconfig.yaml",
-            vec![
-                "-f",
-                "examples/e1000.yaml",
-                "--delivery",
-                "embedded",
-                "--node-binaries",
-                BIN,
-            ],
-        ),
-        (
-            "kmm-flags.machineconfig.yaml",
-            vec![
-                "--machine-config",
-                "99-worker-ice",
-                "--machine-config-pool",
-                "worker",
-                "--image",
-                "quay.io/acme/ice-kmod",
-                "--kernel-module",
-                "ice",
-                "--in-tree-modules-to-remove",
-                "ice,irdma",
-                "--firmware-files-path",
-                "/firmware",
-            ],
-        ),
-        (
-            "kmm-bmc.machineconfig.yaml",
-            vec!["-f", "mcgen/tests/cases/bmc.yaml"],
-        ),
-        (
-            "layered.Containerfile",
-            vec![
-                "-f",
-                "examples/e1000.yaml",
-                "-o",
-                "containerfile",
-                "--base-image",
-                "quay.io/openshift-release-dev/rhcos:4.16",
-            ],
-        ),
-        (
-            "layered-no-base.Containerfile",
-            vec!["-f", "examples/e1000.yaml", "-o", "containerfile"],
-        ),
+        ("e1000.machineconfig.yaml", "-f examples/e1000.yaml".into()),
+        ("multi.machineconfig.yaml", "-f examples/multi.yaml".into()),
+        ("multi.ignition-3.3.json", "-f examples/multi.yaml -o ignition --delivery layered --ignition-version 3.3.0".into()),
+        ("multi.ignition-3.4.json", "-f examples/multi.yaml -o ignition --delivery layered --ignition-version 3.4.0".into()),
+        ("e1000.embedded.ignition.json", format!("-f examples/e1000.yaml -o ignition {bin}")),
+        ("e1000.embedded.machineconfig.yaml", format!("-f examples/e1000.yaml --delivery embedded {bin}")),
+        ("kmm-flags.machineconfig.yaml", format!("{kmm} --in-tree-modules-to-remove ice,irdma --firmware-files-path /firmware")),
+        ("kmm-bmc.machineconfig.yaml", "-f mcgen/tests/cases/bmc.yaml".into()),
+        ("layered.Containerfile", "-f examples/e1000.yaml -o containerfile --base-image quay.io/openshift-release-dev/rhcos:4.16".into()),
+        ("layered-no-base.Containerfile", "-f examples/e1000.yaml -o containerfile".into()),
     ]
 }
 
@@ -121,6 +42,7 @@ fn golden_outputs() {
     let bless = std::env::var_os("MCGEN_BLESS").is_some();
     let mut drift = vec![];
     for (name, args) in cases() {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let out = mcgen(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -156,18 +78,9 @@ fn golden_outputs() {
 
 #[test]
 fn kmm_flags_warn_about_worker_image() {
-    let out = mcgen(&[
-        "--machine-config",
-        "99-worker-ice",
-        "--machine-config-pool",
-        "worker",
-        "--image",
-        "quay.io/acme/ice-kmod",
-        "--kernel-module",
-        "ice",
-        "--worker-image",
-        "quay.io/kmm/worker:latest",
-    ]);
+    let mut args = KMM_FLAGS.to_vec();
+    args.extend(["--worker-image", "quay.io/kmm/worker:latest"]);
+    let out = mcgen(&args);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -4,6 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// KMM day1-utility flags for one module, the base of several cases.
+#[allow(dead_code)]
+pub const KMM_FLAGS: [&str; 8] = [
+    "--machine-config",
+    "99-worker-ice",
+    "--machine-config-pool",
+    "worker",
+    "--image",
+    "quay.io/acme/ice-kmod",
+    "--kernel-module",
+    "ice",
+];
+
 /// The workspace root: example paths in the cases are relative to it.
 #[allow(dead_code)]
 pub fn root() -> PathBuf {
