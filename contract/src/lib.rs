@@ -6,7 +6,9 @@
 mod cmdline;
 mod config;
 mod image_ref;
+mod log;
 mod names;
+mod node_facts;
 mod status;
 mod store;
 
@@ -17,9 +19,14 @@ pub use config::{
     DEFAULT_PULL_SECRET,
 };
 pub use image_ref::{ImageRef, ImageTemplate, KERNEL_FULL_VERSION};
+pub use log::StderrLog;
 pub use names::{
     check_dns1123_label, check_dns1123_subdomain, reject_control, AbsPath, ConfigName,
     KernelRelease, ModuleName, ModuleParam, SetName,
+};
+pub use node_facts::{
+    boot_id, kernel_command_line, kernel_release, NodeFactError, BOOT_ID_FILE, CMDLINE_FILE,
+    OSRELEASE_FILE,
 };
 pub use status::{BootStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION};
 pub use store::{

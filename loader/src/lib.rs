@@ -16,7 +16,6 @@ pub mod decompress;
 pub mod firmware;
 pub mod kernel;
 pub mod kmsg;
-pub mod log;
 pub mod modinfo;
 pub mod modules_dep;
 pub mod plan;

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
+use kmod_day1_contract::StderrLog;
 use kmod_day1_load::cli::{parse_args, Command, HELP};
 use kmod_day1_load::kernel::LinuxKernel;
-use kmod_day1_load::log::StderrLog;
 use kmod_day1_load::{run, EXIT_USAGE};
 use tracing::error;
 

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+//! `kmod-day1-testvm`: the end-to-end harness (see `testvm/README.md`).
 use std::io::IsTerminal;
 use std::time::Instant;
 

@@ -3,8 +3,10 @@
 //! timestamps (journald adds them). Under systemd (`JOURNAL_STREAM` set) each line also
 //! starts with the syslog priority (`<6>`), so the journal records errors as errors.
 //!
-//! Written here rather than taken from `tracing-subscriber`: the loader has no spans and
-//! one output, and the fmt layer's machinery is dead weight on the boot path.
+//! Both node binaries log through it, so their lines look alike and `journalctl -p err`
+//! finds the errors of both. Written here rather than taken from `tracing-subscriber`: the
+//! binaries have no spans and one output, and the fmt layer's machinery (and the regex
+//! engine its env filter brings) is dead weight on the boot path.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -21,12 +23,22 @@ pub struct StderrLog {
 }
 
 impl StderrLog {
-    /// A logger for `max` (INFO, or DEBUG with `--verbose`).
+    /// A logger for `max` and above.
     pub fn new(max: Level) -> Self {
         Self {
             max,
             syslog_prefix: std::env::var_os("JOURNAL_STREAM").is_some(),
         }
+    }
+
+    /// The level named by the environment variable `var` (`error`, `warn`, `info`, `debug`,
+    /// `trace`, any case), or `default` when it is unset or names no level. A level, not a
+    /// filter expression.
+    pub fn level_from_env(var: &str, default: Level) -> Level {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<Level>().ok())
+            .unwrap_or(default)
     }
 
     /// Installs it as the global subscriber.
@@ -154,5 +166,16 @@ mod tests {
             *lines.lock().unwrap(),
             ["<3>ERROR bad\n", "<7>DEBUG shown\n"]
         );
+    }
+
+    #[test]
+    fn level_from_env_reads_a_level_or_keeps_the_default() {
+        let var = "KMOD_DAY1_TEST_LEVEL_FROM_ENV";
+        assert_eq!(StderrLog::level_from_env(var, Level::INFO), Level::INFO);
+        std::env::set_var(var, " debug\n");
+        assert_eq!(StderrLog::level_from_env(var, Level::INFO), Level::DEBUG);
+        std::env::set_var(var, "pull=debug");
+        assert_eq!(StderrLog::level_from_env(var, Level::WARN), Level::WARN);
+        std::env::remove_var(var);
     }
 }
