@@ -50,19 +50,11 @@ pub fn main_exit_code() -> i32 {
     }
 }
 
-/// Log level from `KMOD_DAY1_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default
-/// `info`). A level, not a filter expression: an env filter would bring a regex engine.
+/// Logs like the loader (`kmod_day1_contract::StderrLog`): one line per event on stderr,
+/// with the syslog priority under journald. Level from `KMOD_DAY1_LOG` (`error`, `warn`,
+/// `info`, `debug`, `trace`; default `info`).
 fn init_logging() {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = std::env::var("KMOD_DAY1_LOG")
-        .ok()
-        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .init();
+    let level =
+        kmod_day1_contract::StderrLog::level_from_env("KMOD_DAY1_LOG", tracing::Level::INFO);
+    kmod_day1_contract::StderrLog::new(level).install();
 }
