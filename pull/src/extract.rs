@@ -23,16 +23,15 @@
 //! are skipped with a warning instead of failing the image.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kmod_day1_contract::{AbsPath, KernelRelease};
 use tracing::warn;
 
-/// Read size from a layer's stream.
-const LAYER_BUFFER: usize = 256 * 1024;
+use crate::{decode, durable};
 
 /// Size limits against hostile or broken layers.
 #[derive(Debug, Clone, Copy)]
@@ -163,28 +162,8 @@ impl TreeBuilder {
             layer: layer_name.to_owned(),
             message,
         };
-        // The first bytes may arrive in several reads (a stream from the network, cut after
-        // one byte): read the 4 the magic needs, then put them back in front.
-        let mut layer = layer;
-        let mut magic = Vec::with_capacity(4);
-        (&mut layer)
-            .take(4)
-            .read_to_end(&mut magic)
+        let limited = decode::layer_tar(layer, self.limits.max_layer)
             .map_err(|e| fmt_err(format!("reading: {e}")))?;
-        let buffered =
-            BufReader::with_capacity(LAYER_BUFFER, io::Cursor::new(magic.clone()).chain(layer));
-        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Box::new(ZstdFrames::new(buffered).map_err(|e| fmt_err(format!("zstd: {e}")))?)
-        } else {
-            Box::new(buffered)
-        };
-        let limited = LimitedReader {
-            inner: decoded,
-            left: self.limits.max_layer,
-            limit: self.limits.max_layer,
-        };
         let mut archive = tar::Archive::new(limited);
         let entries = archive
             .entries()
@@ -286,7 +265,7 @@ impl TreeBuilder {
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(|e| self.io(&rel, e))?;
-                let n = copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
+                let n = durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
                     .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
                 if n != size {
                     return Err(Self::refuse(
@@ -585,84 +564,12 @@ impl TreeBuilder {
                 }));
             }
         }
-        sync_tree(&self.root).map_err(|source| ExtractError::Io {
+        durable::sync_tree(&self.root).map_err(|source| ExtractError::Io {
             path: self.root.display().to_string(),
             source,
         })?;
         Ok(self.stats)
     }
-}
-
-/// Copies like `io::copy`, and asks the kernel to start writing back every few MiB and at
-/// the end, so the fsyncs of `finish` find little left to write (a kmod image can hold
-/// hundreds of MiB of firmware). `POSIX_FADV_DONTNEED` starts asynchronous writeback of
-/// dirty pages.
-fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
-    use std::io::Write as _;
-    const CHUNK: usize = 256 * 1024;
-    const KICK: u64 = 8 << 20;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut total, mut kicked) = (0u64, 0u64);
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => {
-                start_writeback(to, kicked, total);
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-        if total - kicked >= KICK {
-            start_writeback(to, kicked, total);
-            kicked = total;
-        }
-    }
-}
-
-fn start_writeback(f: &File, from: u64, to: u64) {
-    if to <= from {
-        return;
-    }
-    let _ = nix::fcntl::posix_fadvise(
-        f,
-        from as i64,
-        (to - from) as i64,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-}
-
-/// fsyncs every file and directory under `dir`, deepest first, so that the tree is durable
-/// before it is renamed into `trees/`. Symlinks are not opened: their inodes are made
-/// durable by the fsync of their directory. One pass at the end instead of one fsync per
-/// file while extracting: the same guarantee before the rename, and the extractor keeps up
-/// with the download. (`syncfs(2)` would do it in one call but also waits for every other
-/// writer of the filesystem, and /var on a node is shared with CRI-O and kubelet.)
-pub fn sync_tree(dir: &Path) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            sync_tree(&e.path())?;
-        } else if ft.is_file() {
-            // Read-only, or write-only for a file whose mode denies reading (not root).
-            let open = |read: bool| {
-                OpenOptions::new()
-                    .read(read)
-                    .write(!read)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(e.path())
-            };
-            let f = match open(true) {
-                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => open(false),
-                r => r,
-            }?;
-            f.sync_all()?;
-        }
-    }
-    File::open(dir)?.sync_all()
 }
 
 /// The normal components of a path inside a layer; refuses absolute paths and `..`.
@@ -679,57 +586,6 @@ fn archive_path(raw: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-/// Fails a read past `limit` bytes: a decompression bomb stops here.
-struct LimitedReader<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for LimitedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::other(format!(
-                "the layer decompresses to more than {} bytes (the layer limit); refusing it as a decompression bomb",
-                self.limit
-            )));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// A zstd stream of one or more frames.
-struct ZstdFrames<R: BufRead> {
-    dec: ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(r: R) -> io::Result<Self> {
-        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(io::Error::other)?;
-        Ok(Self { dec })
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let n = self.dec.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // End of a frame: another may follow.
-            if self.dec.get_mut().fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let mut frame = ruzstd::decoding::FrameDecoder::new();
-            frame.init(self.dec.get_mut()).map_err(io::Error::other)?;
-            self.dec.decoder = frame;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The registry side: one HTTP client per registry host (its CAs from certs.d, proxy from
 //! the environment, plain HTTP when registries.conf says `insecure`), manifests resolved to
-//! this machine's platform and verified, blobs streamed to disk and verified.
+//! this machine's platform and verified, blobs fetched with `Range` resumption (see `tree_fetch`).
 //!
 //! oci-client does the token dance (the `WWW-Authenticate` bearer realm flow, with the pull
 //! secret's credentials); the GETs themselves go through the same reqwest client stack here
@@ -16,10 +16,8 @@ use kmod_day1_contract::ImageRef;
 use serde::Deserialize;
 
 use crate::auth::Credential;
-use crate::layer_stream::{Piece, PieceSender};
-use crate::progress::Progress;
 use crate::retry::parse_retry_after;
-use crate::verify::{Digest, Hasher};
+use crate::verify::Digest;
 
 /// Largest manifest or index accepted.
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -107,14 +105,6 @@ pub enum FetchError {
     /// An answer that breaks the distribution spec or this tool's limits.
     #[error("{0}")]
     Invalid(String),
-    /// A local file could not be written.
-    #[error("writing {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The retry budget ran out.
     #[error("{0}")]
     Budget(String),
@@ -382,8 +372,6 @@ pub struct LayerDesc {
 pub struct ResolvedImage {
     /// Digest of the platform manifest (what refs record).
     pub manifest_digest: Digest,
-    /// Digest of the index, when the reference pointed at one.
-    pub index_digest: Option<Digest>,
     /// Layers, bottom first.
     pub layers: Vec<LayerDesc>,
 }
@@ -423,42 +411,6 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
-/// A blob download that survives retries: every byte received is hashed and handed to the
-/// extractor in order (nothing is written to disk here), and after a cut the rest is asked
-/// for with `Range`. [`Piece::Verified`] follows the last byte only once size and digest
-/// matched.
-pub struct BlobDownload {
-    hasher: Hasher,
-    written: u64,
-    sink: Option<PieceSender>,
-}
-
-impl BlobDownload {
-    /// A download whose bytes go to `sink` (none: only verified).
-    pub fn new(sink: Option<PieceSender>) -> Self {
-        Self {
-            hasher: Hasher::new(),
-            written: 0,
-            sink,
-        }
-    }
-
-    /// Whether the extractor still reads (it stops on an error of its own).
-    pub fn extractor_alive(&self) -> bool {
-        self.sink.as_ref().is_some_and(|s| !s.is_closed())
-    }
-
-    async fn hand_on(&mut self, piece: Piece) {
-        if let Some(s) = &self.sink {
-            if s.send(piece).await.is_err() {
-                // The extractor failed: keep downloading to verify the blob, so that a
-                // corrupt blob is reported as such rather than as the extractor's error.
-                self.sink = None;
-            }
-        }
-    }
-}
-
 /// One image repository on one registry, with its credentials.
 pub struct Repo<'a> {
     client: &'a HostClient,
@@ -487,12 +439,13 @@ impl<'a> Repo<'a> {
         }
     }
 
-    /// The registry host.
-    pub fn host(&self) -> &str {
-        &self.client.host
+    /// The image, as pulled from this registry.
+    pub(crate) fn image(&self) -> &ImageRef {
+        &self.image
     }
 
-    fn url(&self, kind: &str, reference: &str) -> String {
+    /// The URL of `kind` (`manifests`, `blobs`) `reference` in this repository.
+    pub(crate) fn url(&self, kind: &str, reference: &str) -> String {
         format!(
             "{}://{}/v2/{}/{kind}/{reference}",
             self.client.scheme, self.client.api_host, self.image.repository
@@ -564,7 +517,7 @@ impl<'a> Repo<'a> {
     }
 
     /// GET with authentication (once more after a 401), a non-success status as an error.
-    async fn get(
+    pub(crate) async fn get(
         &mut self,
         url: &str,
         accept: Option<&str>,
@@ -621,7 +574,8 @@ impl<'a> Repo<'a> {
         }
     }
 
-    async fn next_chunk(
+    /// The next chunk of an answer's body, within the deadline.
+    pub(crate) async fn next_chunk(
         &self,
         stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
         url: &str,
@@ -736,85 +690,13 @@ impl<'a> Repo<'a> {
             }
             return Ok(ResolvedImage {
                 manifest_digest: got,
-                index_digest: Some(digest),
                 layers: layers_of(inner, &self.image)?,
             });
         }
         Ok(ResolvedImage {
             manifest_digest: digest,
-            index_digest: None,
             layers: layers_of(m, &self.image)?,
         })
-    }
-
-    /// Downloads (or resumes) a blob into `dl`, then checks size and digest.
-    pub async fn blob(
-        &mut self,
-        layer: &LayerDesc,
-        dl: &mut BlobDownload,
-        progress: &mut Progress,
-    ) -> Result<(), FetchError> {
-        let url = self.url("blobs", layer.digest.as_str());
-        let resp = self.get(&url, None, dl.written).await?;
-        // A server that ignores Range sends the whole blob again. What was handed on cannot
-        // be taken back, so the repeated start must be the same bytes: its digest is compared
-        // with the digest of what was received before, then only the rest is handed on.
-        let mut again = (dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT)
-            .then(|| (Hasher::new(), dl.written));
-        progress.set(dl.written);
-        let mut stream = resp.bytes_stream();
-        while let Some(mut chunk) = self.next_chunk(&mut stream, &url).await? {
-            if let Some((seen, left)) = &mut again {
-                let n = chunk
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                seen.update(&chunk[..n]);
-                *left -= n as u64;
-                let _ = chunk.split_to(n);
-                if *left == 0 {
-                    if seen.clone().finish() != dl.hasher.clone().finish() {
-                        return Err(FetchError::Invalid(format!(
-                            "{url}: after a cut the registry ignored Range and sent the blob again with different first {} bytes; the registry or something between is serving wrong content",
-                            dl.written
-                        )));
-                    }
-                    again = None;
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-            }
-            if dl.written + chunk.len() as u64 > layer.size {
-                return Err(FetchError::Invalid(format!(
-                    "{url}: the registry sent more than the {} bytes the manifest declares",
-                    layer.size
-                )));
-            }
-            dl.hasher.update(&chunk);
-            dl.written += chunk.len() as u64;
-            progress.add(chunk.len() as u64);
-            dl.hand_on(Piece::Data(chunk)).await;
-        }
-        if dl.written < layer.size {
-            return Err(FetchError::Transport {
-                what: format!("reading {url}"),
-                message: format!(
-                    "the connection ended after {} of {} bytes",
-                    dl.written, layer.size
-                ),
-                retry: true,
-            });
-        }
-        let got = dl.hasher.clone().finish();
-        if got != layer.digest {
-            return Err(FetchError::Digest {
-                what: format!("blob {} of {}", layer.digest, self.image.name()),
-                expected: layer.digest.to_string(),
-                actual: got.to_string(),
-            });
-        }
-        dl.hand_on(Piece::Verified).await;
-        Ok(())
     }
 }
 

@@ -4,6 +4,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracing::warn;
+
+use crate::fetch::FetchError;
+
 /// Retry policy of a run.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -49,6 +53,44 @@ impl RetryPolicy {
     pub fn next_wait(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
         let wait = self.backoff(attempt, retry_after);
         (wait < self.remaining()).then_some(wait)
+    }
+}
+
+/// Runs `op` again while its error is retryable and `policy`'s budget allows the wait;
+/// `what` names the operation in the journal and in the final error.
+pub(crate) async fn with_retries<T>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut op: impl AsyncFnMut() -> Result<T, FetchError>,
+) -> Result<T, FetchError> {
+    let mut attempt = 0u32;
+    loop {
+        let e = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() => e,
+            Err(e) => return Err(e),
+        };
+        let Some(wait) = policy.next_wait(attempt, e.retry_after()) else {
+            let why = match e.retry_after() {
+                Some(ra) => format!(
+                    "the registry asked to retry after {} s, beyond the {} s left of the retry budget",
+                    ra.as_secs(),
+                    policy.remaining().as_secs()
+                ),
+                None => "the retry budget is spent".into(),
+            };
+            return Err(FetchError::Budget(format!(
+                "{e} (gave up after {} attempts: {why}; raise --budget or fix the registry or network)",
+                attempt + 1
+            )));
+        };
+        warn!(
+            attempt = attempt + 1,
+            wait_ms = wait.as_millis() as u64,
+            "{what}: {e}; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        attempt += 1;
     }
 }
 

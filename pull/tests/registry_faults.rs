@@ -580,6 +580,31 @@ fn prefetches_boot_entry_kernels_without_reboot() {
 }
 
 #[test]
+fn unreadable_node_facts_fail_safe() {
+    // No command line: kmod_day1.disable cannot be ruled out, so nothing at all.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.loader_status(SetState::NotStored);
+    std::fs::remove_file(node.path("cmdline")).unwrap();
+    node.run(10)
+        .expect(2)
+        .says("cannot read the kernel command line from")
+        .says("doing nothing this boot (no pull, no reboot)");
+    node.assert_store_empty();
+    assert!(!node.rebooted());
+
+    // No boot id: the pull goes on, but the loader's status cannot be matched: no reboot.
+    std::fs::write(node.path("cmdline"), "root=/dev/vda\n").unwrap();
+    std::fs::remove_file(node.path("boot_id")).unwrap();
+    node.run(10)
+        .expect(0)
+        .says("cannot read the boot id from")
+        .says("reboot: skippedAfterFailure");
+    assert!(node.ref_record(K).is_some());
+    assert!(!node.rebooted());
+}
+
+#[test]
 fn config_errors_exit_2() {
     let node = Node::new();
     std::fs::write(node.path("config.d/bad.json"), "{").unwrap();
