@@ -773,6 +773,29 @@ mod tests {
         assert!(parse_manifest(b"<html>", &img).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes as a manifest, and manifests with mutated fields: errors, never panics.
+        #[test]
+        fn any_manifest_parses_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let img = ImageRef::parse("r.io/a:1").unwrap();
+            if let Ok(m) = parse_manifest(&body, &img) {
+                let _ = layers_of(m, &img);
+            }
+        }
+
+        #[test]
+        fn mutated_manifest_fields_parse_without_panic(
+            size in proptest::num::i64::ANY, digest in ".{0,80}", media in ".{0,40}", count in 0usize..300,
+        ) {
+            let img = ImageRef::parse("r.io/a:1").unwrap();
+            let layer = serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+            let body = serde_json::json!({"schemaVersion": 2, "layers": vec![layer; count]}).to_string();
+            if let Ok(m) = parse_manifest(body.as_bytes(), &img) {
+                let _ = layers_of(m, &img);
+            }
+        }
+    }
+
     #[test]
     fn errors_classify() {
         let s = |status| FetchError::Status {
