@@ -235,115 +235,15 @@ impl TreeBuilder {
                 self.ensure_dir(&rel, layer, raw)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().unwrap_or(u64::MAX);
-                if size > self.limits.max_entry {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        format!(
-                            "{size} bytes is over the {}-byte entry limit",
-                            self.limits.max_entry
-                        ),
-                    ));
-                }
-                if self.stats.bytes + size > self.limits.max_tree {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        format!(
-                            "the tree would exceed the {}-byte limit",
-                            self.limits.max_tree
-                        ),
-                    ));
-                }
-                self.prepare_leaf(&rel, layer, raw)?;
-                let path = self.root.join(&rel);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| self.io(&rel, e))?;
-                let n = durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
-                    .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
-                if n != size {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        "data ends before its declared size",
-                    ));
-                }
-                // Keep the rwx bits only: no setuid, setgid or sticky from an image.
-                f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
-                    .map_err(|e| self.io(&rel, e))?;
-                // No fsync here: `finish` fsyncs every file once all layers are written
-                // (writeback has been started already), so extraction never waits for the
-                // disk while the download streams in.
-                self.stats.files += 1;
-                self.stats.bytes += size;
+                self.write_file(entry, &rel, mode, layer, raw)?;
             }
             tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let fixed = match self.symlink_target(&target, &link) {
-                    Ok(t) => t,
-                    Err(why) => {
-                        let kernel_link = target.root == 0
-                            && target.rest.len() == 1
-                            && matches!(target.rest[0].as_str(), "build" | "source");
-                        if kernel_link {
-                            warn!(
-                                entry = raw,
-                                target = link,
-                                "skipping the kernel's {} link: it points outside the image",
-                                target.rest[0]
-                            );
-                            return Ok(());
-                        }
-                        return Err(Self::refuse(layer, raw, why));
-                    }
-                };
-                self.prepare_leaf(&rel, layer, raw)?;
-                std::os::unix::fs::symlink(&fixed, self.root.join(&rel))
-                    .map_err(|e| self.io(&rel, e))?;
+                if !self.make_symlink(entry, &target, &rel, layer, raw)? {
+                    return Ok(());
+                }
             }
             tar::EntryType::Link => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let lcomps = archive_path(&link).map_err(|why| {
-                    Self::refuse(layer, raw, format!("hardlink target {link:?} {why}"))
-                })?;
-                let src = match self.map(&lcomps) {
-                    Some(t) if t.root == target.root => self.rel(&t),
-                    _ => {
-                        return Err(Self::refuse(
-                            layer,
-                            raw,
-                            format!("hardlink to {link:?}, outside the extracted tree"),
-                        ))
-                    }
-                };
-                self.check_parents(&src, layer, raw)?;
-                match fs::symlink_metadata(self.root.join(&src)) {
-                    Ok(m) if m.file_type().is_file() => {}
-                    _ => {
-                        return Err(Self::refuse(
-                            layer,
-                            raw,
-                            format!(
-                                "hardlink to {link:?}, which is not a file extracted before it"
-                            ),
-                        ))
-                    }
-                }
-                self.prepare_leaf(&rel, layer, raw)?;
-                fs::hard_link(self.root.join(&src), self.root.join(&rel))
-                    .map_err(|e| self.io(&rel, e))?;
+                self.make_hardlink(entry, &target, &rel, layer, raw)?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(Self::refuse(
@@ -365,6 +265,143 @@ impl TreeBuilder {
             }
         }
         created.insert(rel);
+        Ok(())
+    }
+
+    /// A regular file, within the entry and tree limits, written without following links.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        rel: &Path,
+        mode: u32,
+        layer: &str,
+        raw: &str,
+    ) -> Result<(), ExtractError> {
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > self.limits.max_entry {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                format!(
+                    "{size} bytes is over the {}-byte entry limit",
+                    self.limits.max_entry
+                ),
+            ));
+        }
+        if self.stats.bytes + size > self.limits.max_tree {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                format!(
+                    "the tree would exceed the {}-byte limit",
+                    self.limits.max_tree
+                ),
+            ));
+        }
+        self.prepare_leaf(rel, layer, raw)?;
+        let path = self.root.join(rel);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| self.io(rel, e))?;
+        let n = durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
+            .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
+        if n != size {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                "data ends before its declared size",
+            ));
+        }
+        // Keep the rwx bits only: no setuid, setgid or sticky from an image.
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
+            .map_err(|e| self.io(rel, e))?;
+        // No fsync here: `finish` fsyncs every file once all layers are written
+        // (writeback has been started already), so extraction never waits for the
+        // disk while the download streams in.
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Ok(())
+    }
+
+    /// A symlink that stays inside its tree; `false` when it is skipped (the kernel's
+    /// `build` and `source` links).
+    fn make_symlink<R: Read>(
+        &self,
+        entry: &mut tar::Entry<R>,
+        target: &Target,
+        rel: &Path,
+        layer: &str,
+        raw: &str,
+    ) -> Result<bool, ExtractError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let fixed = match self.symlink_target(target, &link) {
+            Ok(t) => t,
+            Err(why) => {
+                let kernel_link = target.root == 0
+                    && target.rest.len() == 1
+                    && matches!(target.rest[0].as_str(), "build" | "source");
+                if kernel_link {
+                    warn!(
+                        entry = raw,
+                        target = link,
+                        "skipping the kernel's {} link: it points outside the image",
+                        target.rest[0]
+                    );
+                    return Ok(false);
+                }
+                return Err(Self::refuse(layer, raw, why));
+            }
+        };
+        self.prepare_leaf(rel, layer, raw)?;
+        std::os::unix::fs::symlink(&fixed, self.root.join(rel)).map_err(|e| self.io(rel, e))?;
+        Ok(true)
+    }
+
+    /// A hardlink to a file extracted before it into the same tree.
+    fn make_hardlink<R: Read>(
+        &self,
+        entry: &mut tar::Entry<R>,
+        target: &Target,
+        rel: &Path,
+        layer: &str,
+        raw: &str,
+    ) -> Result<(), ExtractError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let lcomps = archive_path(&link)
+            .map_err(|why| Self::refuse(layer, raw, format!("hardlink target {link:?} {why}")))?;
+        let src = match self.map(&lcomps) {
+            Some(t) if t.root == target.root => self.rel(&t),
+            _ => {
+                return Err(Self::refuse(
+                    layer,
+                    raw,
+                    format!("hardlink to {link:?}, outside the extracted tree"),
+                ))
+            }
+        };
+        self.check_parents(&src, layer, raw)?;
+        match fs::symlink_metadata(self.root.join(&src)) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => {
+                return Err(Self::refuse(
+                    layer,
+                    raw,
+                    format!("hardlink to {link:?}, which is not a file extracted before it"),
+                ))
+            }
+        }
+        self.prepare_leaf(rel, layer, raw)?;
+        fs::hard_link(self.root.join(&src), self.root.join(rel)).map_err(|e| self.io(rel, e))?;
         Ok(())
     }
 
