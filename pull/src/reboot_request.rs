@@ -59,10 +59,7 @@ pub(crate) async fn settle_reboot(s: Settle<'_>, round: Round, exit: Exit) -> an
         None
     });
     let guard_path = s.store.layout().reboot_guard();
-    let guard: RebootGuard = read_json(&guard_path)?.unwrap_or(RebootGuard {
-        version: STORE_VERSION,
-        reboots: vec![],
-    });
+    let (guard, guard_readable) = read_guard(&guard_path);
     let decision = decide(&RebootInputs {
         kernel: s.kernel.as_str(),
         boot_id: s.boot_id,
@@ -74,6 +71,16 @@ pub(crate) async fn settle_reboot(s: Settle<'_>, round: Round, exit: Exit) -> an
         guard: &guard,
         now: unix_now(),
     });
+    // Without the guard's records a reboot could repeat one already asked for: none this run.
+    let decision = match decision {
+        RebootDecision::Request(_) if !guard_readable => {
+            RebootDecision::SkippedAfterFailure(format!(
+                "{} could not be read (set aside, a new one is kept from now on)",
+                guard_path.display()
+            ))
+        }
+        d => d,
+    };
     let mut last = PullStatus {
         version: STORE_VERSION,
         finished_at: unix_now(),
@@ -139,6 +146,34 @@ pub(crate) async fn settle_reboot(s: Settle<'_>, round: Round, exit: Exit) -> an
     };
     write_json_atomic(&last_path, &last)?;
     Ok(exit)
+}
+
+/// The reboot guard, and whether it could be read. An unreadable or corrupt one is reported,
+/// set aside as `reboots.json.corrupt` (replacing an older one there) so that the next run
+/// starts a new one, and read as empty.
+fn read_guard(path: &Path) -> (RebootGuard, bool) {
+    let empty = RebootGuard {
+        version: STORE_VERSION,
+        reboots: vec![],
+    };
+    match read_json::<RebootGuard>(path) {
+        Ok(g) => (g.unwrap_or(empty), true),
+        Err(e) => {
+            let aside = path.with_extension("json.corrupt");
+            match std::fs::rename(path, &aside) {
+                Ok(()) => error!(
+                    "the reboot guard {} cannot be read ({e}); set aside as {}, no reboot this run",
+                    path.display(),
+                    aside.display()
+                ),
+                Err(re) => error!(
+                    "the reboot guard {} cannot be read ({e}) nor set aside ({re}); no reboot until it is fixed or removed",
+                    path.display()
+                ),
+            }
+            (empty, false)
+        }
+    }
 }
 
 /// Asks logind to reboot (the polite way: inhibitors and shutdown ordering apply), falling
@@ -295,6 +330,30 @@ mod tests {
         assert_eq!(exit, Exit::PullFailed);
         assert_eq!(n.last().reboot, "failed");
         assert!(n.guard().reboots.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_corrupt_guard_is_set_aside_and_blocks_the_reboot_of_that_run_only() {
+        let n = Node::new(SetState::NotStored);
+        let guard = n.store.layout().reboot_guard();
+        std::fs::write(&guard, "{ torn").unwrap();
+        let via = RebootVia::Marker(n.marker());
+        let exit = settle_reboot(n.settle(Some("b1"), via.clone()), committed(), Exit::Ok)
+            .await
+            .unwrap();
+        assert_eq!(exit, Exit::Ok);
+        assert_eq!(n.last().reboot, "skippedAfterFailure");
+        assert!(!n.marker().exists());
+        assert_eq!(
+            std::fs::read_to_string(guard.with_extension("json.corrupt")).unwrap(),
+            "{ torn"
+        );
+        // The next run has a fresh guard and may ask.
+        settle_reboot(n.settle(Some("b1"), via), committed(), Exit::Ok)
+            .await
+            .unwrap();
+        assert_eq!(n.last().reboot, "requested");
+        assert_eq!(n.guard().reboots.len(), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]
