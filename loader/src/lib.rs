@@ -23,13 +23,14 @@ pub mod swap;
 #[cfg(test)]
 mod testutil;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
-    is_valid_tree_id, load_config_dir, write_json_atomic, BootStatus, EscapeHatches, KernelRelease,
-    LoadedConfig, ModuleSet, SetState, SetStatus, StoreLayout, CONFIG_DIR, STATUS_FILE,
+    boot_id, is_valid_tree_id, kernel_command_line, kernel_release, load_config_dir,
+    write_json_atomic, BootStatus, EscapeHatches, KernelRelease, LoadedConfig, ModuleSet, SetState,
+    SetStatus, StoreLayout, BOOT_ID_FILE, CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE,
     STATUS_VERSION, STORE_DIR, STORE_VERSION,
 };
 use tracing::{error, info, warn};
@@ -56,7 +57,7 @@ pub struct Options {
     pub store: PathBuf,
     /// `--status`
     pub status: PathBuf,
-    /// `--kernel-release`; `None`: `uname -r`.
+    /// `--kernel-release`; `None`: the running kernel's, from [`OSRELEASE_FILE`].
     pub kernel_release: Option<String>,
     /// `--cmdline`
     pub cmdline: PathBuf,
@@ -81,12 +82,12 @@ impl Default for Options {
             store: STORE_DIR.into(),
             status: STATUS_FILE.into(),
             kernel_release: None,
-            cmdline: "/proc/cmdline".into(),
+            cmdline: CMDLINE_FILE.into(),
             modules_root: "/lib/modules".into(),
             sysfs: "/sys".into(),
             firmware_dir: "/var/lib/firmware".into(),
             kmsg: "/dev/kmsg".into(),
-            boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
+            boot_id_file: BOOT_ID_FILE.into(),
             verbose: false,
         }
     }
@@ -108,31 +109,27 @@ pub fn worse(a: u8, b: u8) -> u8 {
     }
 }
 
-/// The running kernel's release.
-pub fn running_kernel_release() -> anyhow::Result<String> {
-    let u = nix::sys::utsname::uname().context("calling uname")?;
-    u.release()
-        .to_str()
-        .map(str::to_owned)
-        .context("reading the kernel release: not UTF-8")
-}
-
 /// One run of the loader; returns the exit code. `Err` is a usage or config problem found
 /// before anything was touched (exit code [`EXIT_USAGE`]).
 pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let cmdline = std::fs::read_to_string(&opts.cmdline)
-        .with_context(|| format!("reading the kernel command line {}", opts.cmdline.display()))?;
-    let hatches = EscapeHatches::parse(&cmdline);
+    // Without the command line, kmod_day1.disable cannot be ruled out: touch nothing.
+    let hatches = kernel_command_line(&opts.cmdline)
+        .map_err(|e| anyhow!("{e}; doing nothing this boot, as with kmod_day1.disable"))?;
     if hatches.disabled {
         info!("kmod_day1.disable is on the kernel command line: doing nothing this boot");
         return Ok(EXIT_OK);
     }
-    let release = match &opts.kernel_release {
-        Some(r) => r.clone(),
-        None => running_kernel_release()?,
+    let kver = match &opts.kernel_release {
+        Some(r) => KernelRelease::new(r).context("checking the kernel release")?,
+        None => kernel_release(Path::new(OSRELEASE_FILE))?,
     };
-    let kver = KernelRelease::new(&release).context("checking the kernel release")?;
+    // Only the pull's reboot decision needs the boot id: without it the pull cannot match
+    // this status to this boot and does not reboot, but the swap itself can go on.
+    let boot_id = boot_id(&opts.boot_id_file).unwrap_or_else(|e| {
+        warn!("{e}; the status gets an empty boot id, so kmod-day1-pull will not reboot; swapping goes on");
+        String::new()
+    });
     let (configs, bad) = load_config_dir(&opts.config_dir)
         .with_context(|| format!("reading the config directory {}", opts.config_dir.display()))?;
     let mut code = EXIT_OK;
@@ -164,9 +161,7 @@ pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<u8> {
     let status = BootStatus {
         version: STATUS_VERSION,
         kernel_release: kver.to_string(),
-        boot_id: std::fs::read_to_string(&opts.boot_id_file)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
+        boot_id,
         sets,
         errors,
         total_us: started.elapsed().as_micros() as u64,
@@ -584,11 +579,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("kernel release"));
+        assert!(k.calls.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_command_line_touches_nothing() {
+        let (f, mut k) = node();
         let mut o = opts(&f);
         o.cmdline = f.path("nope");
-        assert!(format!("{:#}", run(&o, &mut k).unwrap_err())
-            .contains("reading the kernel command line"));
+        let e = format!("{:#}", run(&o, &mut k).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "cannot read the kernel command line from {}: ",
+                f.path("nope").display()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("; doing nothing this boot, as with kmod_day1.disable"),
+            "{e}"
+        );
         assert!(k.calls.is_empty());
+        assert!(!f.status().exists());
+    }
+
+    #[test]
+    fn an_unreadable_boot_id_still_swaps_with_an_empty_one() {
+        let (f, mut k) = node();
+        let mut o = opts(&f);
+        o.boot_id_file = f.path("nope");
+        assert_eq!(run(&o, &mut k).unwrap(), EXIT_OK);
+        let s = status(&f);
+        assert_eq!(s.boot_id, "");
+        assert_eq!(s.sets[0].state, SetState::Loaded);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+        // An empty file is no boot id either.
+        std::fs::write(f.path("empty"), "").unwrap();
+        o.boot_id_file = f.path("empty");
+        assert_eq!(run(&o, &mut k).unwrap(), EXIT_OK);
+        assert_eq!(status(&f).boot_id, "");
     }
 
     #[test]

@@ -30,7 +30,7 @@ const EBUSY_WAIT: Duration = Duration::from_millis(25);
 /// The node around a swap.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
-    /// `uname -r`.
+    /// The release modules are loaded for (the running kernel's, or `--kernel-release`).
     pub kernel_release: &'a str,
     /// `/lib/modules/<kver>`.
     pub in_tree: &'a ModuleIndex,
