@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use kmod_day1_contract::StderrLog;
 use kmod_day1_load::cli::{parse_args, Command, HELP};
 use kmod_day1_load::kernel::LinuxKernel;
-use kmod_day1_load::{run, EXIT_USAGE};
+use kmod_day1_load::{run, Exit};
 use tracing::error;
 
 fn main() -> ExitCode {
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("kmod-day1-load: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(Exit::Config.code());
         }
     };
     StderrLog::new(if opts.verbose {
@@ -33,10 +33,10 @@ fn main() -> ExitCode {
     .install();
     let mut kernel = LinuxKernel::new(&opts.sysfs, &opts.kmsg);
     match run(&opts, &mut kernel) {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             error!("{e:#}");
-            ExitCode::from(EXIT_USAGE)
+            ExitCode::from(Exit::Config.code())
         }
     }
 }
