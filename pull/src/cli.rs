@@ -69,6 +69,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = crate::registries_conf::REGISTRIES_CONF)]
     pub registries_conf: PathBuf,
 
+    /// Image trust policy (containers-policy.json(5)); checked before any blob is fetched.
+    #[arg(long, value_name = "FILE", default_value = crate::policy::POLICY_JSON)]
+    pub policy: PathBuf,
+
+    /// containers-registries.d(5) directory (use-sigstore-attachments).
+    #[arg(long = "registries.d", value_name = "DIR", default_value = crate::registries_d::REGISTRIES_D)]
+    pub registries_d: PathBuf,
+
     /// Per-registry CA directories (<host[:port]>/*.crt), used with the system bundle.
     #[arg(long, value_name = "DIR", default_value = "/etc/containers/certs.d")]
     pub certs_dir: PathBuf,

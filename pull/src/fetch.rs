@@ -372,6 +372,8 @@ pub struct LayerDesc {
 pub struct ResolvedImage {
     /// Digest of the platform manifest (what refs record).
     pub manifest_digest: Digest,
+    /// Digest of what the reference names (the index's, for an index): what signatures sign.
+    pub reference_digest: Digest,
     /// Layers, bottom first.
     pub layers: Vec<LayerDesc>,
 }
@@ -645,6 +647,32 @@ impl<'a> Repo<'a> {
         Ok((body, digest))
     }
 
+    /// A small blob (a signature payload), read into memory: at most `max` bytes, checked
+    /// against `digest`.
+    pub async fn small_blob(&mut self, digest: &Digest, max: usize) -> Result<Vec<u8>, FetchError> {
+        let url = self.url("blobs", digest.as_str());
+        let resp = self.get(&url, None, 0).await?;
+        let mut stream = resp.bytes_stream();
+        let mut body = vec![];
+        while let Some(chunk) = self.next_chunk(&mut stream, &url).await? {
+            if body.len() + chunk.len() > max {
+                return Err(FetchError::Invalid(format!(
+                    "{url}: larger than {max} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let got = Digest::of(&body);
+        if &got != digest {
+            return Err(FetchError::Digest {
+                what: format!("blob {digest} of {}", self.image.name()),
+                expected: digest.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        Ok(body)
+    }
+
     /// Resolves the reference (tag or digest) to this platform's image manifest.
     pub async fn resolve(&mut self) -> Result<ResolvedImage, FetchError> {
         let reference = self
@@ -690,11 +718,13 @@ impl<'a> Repo<'a> {
             }
             return Ok(ResolvedImage {
                 manifest_digest: got,
+                reference_digest: digest,
                 layers: layers_of(inner, &self.image)?,
             });
         }
         Ok(ResolvedImage {
-            manifest_digest: digest,
+            manifest_digest: digest.clone(),
+            reference_digest: digest,
             layers: layers_of(m, &self.image)?,
         })
     }

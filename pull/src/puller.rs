@@ -23,6 +23,7 @@ use crate::registries_conf::{PullSource, RegistriesConf};
 use crate::retry::{with_retries, RetryPolicy};
 use crate::store::{tree_id, Store};
 use crate::tree_fetch::{fetch_tree, TreeRequest};
+use crate::trust::Trust;
 use crate::unix_now;
 
 /// What [`Puller::ensure`] found or did.
@@ -39,6 +40,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Puller<'a> {
     store: &'a Store,
     registries: &'a RegistriesConf,
+    trust: &'a Trust,
     net: NetConfig,
     policy: RetryPolicy,
     limits: ExtractLimits,
@@ -48,8 +50,14 @@ pub(crate) struct Puller<'a> {
 }
 
 impl<'a> Puller<'a> {
-    /// A puller into `store`, with the network settings, limits and retry budget of `cli`.
-    pub fn new(store: &'a Store, registries: &'a RegistriesConf, cli: &Cli) -> Self {
+    /// A puller into `store` that checks every image against `trust` before fetching a
+    /// blob, with the network settings, limits and retry budget of `cli`.
+    pub fn new(
+        store: &'a Store,
+        registries: &'a RegistriesConf,
+        trust: &'a Trust,
+        cli: &Cli,
+    ) -> Self {
         let request_timeout = Duration::from_secs(cli.request_timeout.max(1));
         let net = NetConfig {
             certs_dir: cli.certs_dir.clone(),
@@ -63,6 +71,7 @@ impl<'a> Puller<'a> {
         Self {
             store,
             registries,
+            trust,
             net,
             policy: RetryPolicy::with_budget(cli.budget()),
             limits: ExtractLimits {
@@ -101,6 +110,9 @@ impl<'a> Puller<'a> {
         if let Some(r) = existing.filter(|r| r.manifest_digest == digest) {
             return Ok(Outcome::Unchanged(r));
         }
+        // The node's trust policy, before any blob is fetched.
+        let verdict = self.check_trust(&src, &secret, job, &resolved).await?;
+        info!(image = %job.image, digest, "trusted {}: {verdict}", job.image);
         let id = tree_id(
             &digest,
             &job.set.dir_name,
@@ -201,6 +213,23 @@ impl<'a> Puller<'a> {
             repo.resolve().await
         })
         .await
+    }
+
+    async fn check_trust(
+        &mut self,
+        src: &PullSource,
+        secret: &PullSecret,
+        job: &Job,
+        resolved: &ResolvedImage,
+    ) -> anyhow::Result<String> {
+        let policy = self.policy.clone();
+        let trust = self.trust;
+        let cred = secret.lookup(&src.image).cloned();
+        let client = self.client(src)?;
+        let mut repo = Repo::new(client, src.image.clone(), cred, policy.deadline);
+        Ok(trust
+            .check(&job.image, &resolved.reference_digest, &mut repo, &policy)
+            .await?)
     }
 
     async fn fetch_and_commit_tree(

@@ -105,8 +105,11 @@ pub(crate) async fn pull_round(puller: &mut Puller<'_>, jobs: &[Job]) -> Round {
 mod tests {
     use super::*;
     use crate::cli::Cli;
+    use crate::policy::TrustPolicy;
     use crate::registries_conf::RegistriesConf;
+    use crate::registries_d::RegistriesD;
     use crate::store::Store;
+    use crate::trust::Trust;
     use clap::Parser as _;
     use kmod_day1_contract::{ConfigName, ImageRef, KernelRelease, ModuleSet};
     use kmod_day1_test_registry::{Image, Layer, Registry};
@@ -149,7 +152,15 @@ mod tests {
         )
         .unwrap();
         let cli = Cli::parse_from(["kmod-day1-pull", "--budget", "5", "--request-timeout", "2"]);
-        let mut puller = Puller::new(&store, &registries, &cli);
+        let trust = Trust {
+            policy: TrustPolicy::parse(
+                r#"{"default": [{"type": "insecureAcceptAnything"}]}"#,
+                std::path::Path::new("/etc/containers/policy.json"),
+            )
+            .unwrap(),
+            registries_d: RegistriesD::default(),
+        };
+        let mut puller = Puller::new(&store, &registries, &trust, &cli);
 
         let jobs = [job(&registry, "v1", false), job(&registry, "missing", true)];
         let round = pull_round(&mut puller, &jobs).await;

@@ -17,11 +17,14 @@ use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::gc::collect_garbage;
 use crate::plan::plan;
+use crate::policy::TrustPolicy;
 use crate::puller::Puller;
 use crate::reboot_request::{settle_reboot, RebootVia, Settle};
 use crate::registries_conf::RegistriesConf;
+use crate::registries_d::RegistriesD;
 use crate::round::pull_round;
 use crate::store::Store;
+use crate::trust::Trust;
 
 /// A configuration problem found before touching anything (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
     }
     let registries = RegistriesConf::load(&cli.registries_conf)
         .map_err(|e| ConfigProblem(format!("{e}; fix the file")))?;
+    let trust = Trust {
+        policy: TrustPolicy::load(&cli.policy)
+            .map_err(|e| ConfigProblem(format!("{e}; fix the file")))?,
+        registries_d: RegistriesD::load(&cli.registries_d)
+            .map_err(|e| ConfigProblem(format!("registries.d: {e}; fix the file")))?,
+    };
     let plan = plan(
         &configs,
         &bad,
@@ -71,7 +80,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
 
     let store = Store::open_locked(&cli.store)?;
     store.clean_tmp()?;
-    let mut puller = Puller::new(&store, &registries, cli);
+    let mut puller = Puller::new(&store, &registries, &trust, cli);
     let round = pull_round(&mut puller, &plan.jobs).await;
     collect_garbage(&store, &plan);
 
