@@ -25,7 +25,7 @@ pub enum Command {
 pub struct UsageError(pub String);
 
 /// The flags that take a path or value, as `(flag, what)`; [`HELP`] documents each.
-pub const VALUE_FLAGS: &[&str] = &[
+const VALUE_FLAGS: &[&str] = &[
     "--config-dir",
     "--store",
     "--status",

@@ -8,66 +8,108 @@
 //! load the modules in dependency order; on failure unload what was loaded and load the
 //! in-tree modules back. Each set's outcome and timings go to the status file.
 //!
-//! The kernel is reached only through [`kernel::KernelModules`], so all of this runs in
-//! unit tests against a fake kernel, unprivileged.
+//! The kernel is reached only through `kernel::KernelModules`, so all of this runs in
+//! unit tests against a fake kernel, unprivileged. The binary is [`main_exit_code`]; no
+//! other crate uses this library, so its modules are private and the compiler finds what
+//! is unused.
 
-pub mod cli;
-pub mod decompress;
+mod cli;
+mod decompress;
 mod duration;
-pub mod exit;
-pub mod firmware;
-pub mod kernel;
-pub mod kmsg;
-pub mod modinfo;
-pub mod modules_dep;
-pub mod plan;
-pub mod swap;
+mod exit;
+mod firmware;
+mod kernel;
+mod kmsg;
+mod modinfo;
+mod modules_dep;
+mod plan;
+mod swap;
 #[cfg(test)]
 mod testutil;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
     boot_id, is_valid_tree_id, kernel_command_line, kernel_release, load_config_dir,
     write_json_atomic, BootStatus, EscapeHatches, KernelRelease, LoadedConfig, ModuleSet,
-    ModuleStatus, RefRecord, SetState, SetStatus, StoreLayout, BOOT_ID_FILE, CMDLINE_FILE,
-    CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR, STORE_VERSION,
+    ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
+    CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR,
+    STORE_VERSION,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Level};
 
+use crate::cli::{parse_args, Command, HELP};
 use crate::duration::{micros, ms};
-pub use crate::exit::Exit;
+use crate::exit::Exit;
 use crate::kernel::KernelModules;
+use crate::kernel::LinuxKernel;
 use crate::modules_dep::ModuleIndex;
 use crate::swap::{swap_set, Node, Rollback, SetInput};
 
+/// Parses the command line, runs against the running kernel and returns the process exit
+/// status. Usage errors go to stderr as they are; after parsing, every line goes through
+/// the shared [`StderrLog`].
+pub fn main_exit_code() -> ExitCode {
+    let opts = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Command::Run(o)) => *o,
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("kmod-day1-load {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kmod-day1-load: {e}");
+            return ExitCode::from(Exit::Config.code());
+        }
+    };
+    StderrLog::new(if opts.verbose {
+        Level::DEBUG
+    } else {
+        Level::INFO
+    })
+    .install();
+    let mut kernel = LinuxKernel::new(&opts.sysfs, &opts.kmsg);
+    match run(&opts, &mut kernel) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(Exit::Config.code())
+        }
+    }
+}
+
 /// Where everything is; each field is a command-line flag with the production default.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// `--config-dir`
-    pub config_dir: PathBuf,
-    /// `--store`
-    pub store: PathBuf,
-    /// `--status`
-    pub status: PathBuf,
-    /// `--kernel-release`; `None`: the running kernel's, from [`OSRELEASE_FILE`].
-    pub kernel_release: Option<String>,
-    /// `--cmdline`
-    pub cmdline: PathBuf,
-    /// `--modules-root`
-    pub modules_root: PathBuf,
-    /// `--sysfs`
-    pub sysfs: PathBuf,
-    /// `--firmware-dir`
-    pub firmware_dir: PathBuf,
-    /// `--kmsg`
-    pub kmsg: PathBuf,
-    /// `--boot-id-file`
-    pub boot_id_file: PathBuf,
-    /// `--verbose`
-    pub verbose: bool,
+struct Options {
+    /// `--config-dir`: the config files, one per MachineConfig.
+    config_dir: PathBuf,
+    /// `--store`: the store kmod-day1-pull writes (refs and trees).
+    store: PathBuf,
+    /// `--status`: the status file this run writes.
+    status: PathBuf,
+    /// `--kernel-release`: the release to load for; `None`: the running kernel's, read
+    /// from [`OSRELEASE_FILE`].
+    kernel_release: Option<String>,
+    /// `--cmdline`: the kernel command line, for the escape hatches.
+    cmdline: PathBuf,
+    /// `--modules-root`: the node's modules, `<modules_root>/<kver>`.
+    modules_root: PathBuf,
+    /// `--sysfs`: for `/sys/module` and the firmware search path.
+    sysfs: PathBuf,
+    /// `--firmware-dir`: where the image's firmware is copied.
+    firmware_dir: PathBuf,
+    /// `--kmsg`: the kernel log, read to name unknown symbols.
+    kmsg: PathBuf,
+    /// `--boot-id-file`: this boot's id, for the status file.
+    boot_id_file: PathBuf,
+    /// `--verbose`: log debug lines too.
+    verbose: bool,
 }
 
 impl Default for Options {
@@ -90,7 +132,7 @@ impl Default for Options {
 
 /// One run of the loader; returns how it ended. `Err` is a usage or config problem, or an
 /// unreadable kernel command line, found before anything was touched ([`Exit::Config`]).
-pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
+fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     let started = Instant::now();
     // Without the command line, kmod_day1.disable cannot be ruled out: touch nothing.
     let hatches = kernel_command_line(&opts.cmdline)

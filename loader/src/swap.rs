@@ -33,11 +33,12 @@ const EBUSY_WAIT: Duration = Duration::from_millis(25);
 pub struct Node<'a> {
     /// The release modules are loaded for (the running kernel's, or `--kernel-release`).
     pub kernel_release: &'a str,
-    /// `/lib/modules/<kver>`.
+    /// The node's modules, `/lib/modules/<kver>`: dependencies the image lacks, and what
+    /// a rollback loads back.
     pub in_tree: &'a ModuleIndex,
-    /// `/sys`.
+    /// sysfs (`/sys`), where the firmware search path is set.
     pub sysfs: &'a Path,
-    /// `/var/lib/firmware`.
+    /// Where the image's firmware is copied (`/var/lib/firmware`).
     pub firmware_dir: &'a Path,
 }
 
