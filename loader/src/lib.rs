@@ -207,6 +207,8 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
 /// What became of one module set in this run.
 #[derive(Debug)]
 struct SetOutcome {
+    /// `Loaded` or `Failed` after a swap; `NotStored`, `NoImage`, `Skipped` or `Failed`
+    /// without one.
     state: SetState,
     /// Why the set is not loaded, or what was odd on the way (a ref of a future format).
     error: Option<String>,
