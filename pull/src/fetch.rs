@@ -218,9 +218,9 @@ impl HostClient {
                 data: pem,
             });
         }
-        // Insecure (plain HTTP) hosts need no trust store at all (a node without a CA bundle
-        // must still reach its plain-HTTP registry); others use the system bundle plus
-        // certs.d, or certs.d alone when the system has no bundle.
+        // Insecure hosts need no trust store at all (a node without a CA bundle must still
+        // reach its plain-HTTP registry); others use the system bundle plus certs.d, or
+        // certs.d alone when the system has no bundle.
         let modes: &[TlsMode] = if insecure {
             &[TlsMode::NoVerify]
         } else if certs.is_empty() {
@@ -241,7 +241,7 @@ impl HostClient {
                     return Ok(Self {
                         host: host.to_owned(),
                         api_host: api_host.to_owned(),
-                        scheme: if insecure { "http" } else { "https" },
+                        scheme: "https",
                         http,
                         oci: std::sync::OnceLock::new(),
                         mode: *mode,
@@ -260,6 +260,30 @@ impl HostClient {
             );
         }
         Err(bad(last_err))
+    }
+}
+
+impl HostClient {
+    /// For a registry marked `insecure`, what containers/image does: HTTPS without
+    /// certificate verification when the registry answers on HTTPS (any HTTP status counts),
+    /// plain HTTP only when it does not. Other registries: HTTPS.
+    pub async fn pick_scheme(&mut self, deadline: Instant) {
+        if !self.insecure {
+            return;
+        }
+        let url = format!("https://{}/v2/", self.api_host);
+        let answered = tokio::time::timeout_at(deadline.into(), self.http.get(&url).send())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !answered {
+            self.scheme = "http";
+        }
+        tracing::debug!(host = self.host, scheme = self.scheme, "insecure registry");
+    }
+
+    /// Whether requests go over plain HTTP.
+    fn plain_http(&self) -> bool {
+        self.scheme == "http"
     }
 }
 
@@ -324,7 +348,7 @@ impl HostClient {
                     ));
                 }
                 let mut cfg = oci_client::client::ClientConfig {
-                    protocol: if self.insecure {
+                    protocol: if self.plain_http() {
                         oci_client::client::ClientProtocol::Http
                     } else {
                         oci_client::client::ClientProtocol::Https

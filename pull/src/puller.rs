@@ -167,10 +167,11 @@ impl<'a> Puller<'a> {
         Ok(s)
     }
 
-    fn client(&mut self, src: &PullSource) -> Result<&HostClient, FetchError> {
+    async fn client(&mut self, src: &PullSource) -> Result<&HostClient, FetchError> {
         let key = (src.image.registry.clone(), src.insecure);
         if !self.clients.contains_key(&key) {
-            let c = HostClient::new(&src.image.registry, src.insecure, &self.net)?;
+            let mut c = HostClient::new(&src.image.registry, src.insecure, &self.net)?;
+            c.pick_scheme(self.policy.deadline).await;
             self.clients.insert(key.clone(), c);
         }
         Ok(&self.clients[&key])
@@ -207,7 +208,7 @@ impl<'a> Puller<'a> {
         let deadline = self.policy.deadline;
         let policy = self.policy.clone();
         let cred = secret.lookup(&src.image).cloned();
-        let client = self.client(src)?;
+        let client = self.client(src).await?;
         let mut repo = Repo::new(client, src.image.clone(), cred, deadline);
         with_retries(&policy, &format!("resolving {}", src.image), async || {
             repo.resolve().await
@@ -225,7 +226,7 @@ impl<'a> Puller<'a> {
         let policy = self.policy.clone();
         let trust = self.trust;
         let cred = secret.lookup(&src.image).cloned();
-        let client = self.client(src)?;
+        let client = self.client(src).await?;
         let mut repo = Repo::new(client, src.image.clone(), cred, policy.deadline);
         Ok(trust
             .check(&job.image, &resolved.reference_digest, &mut repo, &policy)
@@ -257,7 +258,7 @@ impl<'a> Puller<'a> {
         };
         let staging = request.staging.clone();
         let cred = secret.lookup(&src.image).cloned();
-        let client = self.client(src)?;
+        let client = self.client(src).await?;
         let mut repo = Repo::new(client, src.image.clone(), cred, policy.deadline);
         let stats = fetch_tree(&mut repo, &policy, request, bytes).await?;
         store

@@ -203,4 +203,12 @@ fn https_with_a_ca_from_certs_d() {
     .unwrap();
     node.run(30).expect(0).says("committed");
     assert_eq!(node.ref_record(K).unwrap().manifest_digest, img.digest);
+
+    // Marked insecure, without the CA: HTTPS without verification first, as containers/image
+    // does (a plain-HTTP request to this registry would fail), and committed.
+    let node = Node::new();
+    node.insecure(&[&reg.host]);
+    node.config(&format!("{}/kmod/e1000", reg.host), "");
+    node.run(30).expect(0).says("committed");
+    assert_eq!(node.ref_record(K).unwrap().manifest_digest, img.digest);
 }
