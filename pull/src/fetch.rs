@@ -128,7 +128,7 @@ impl FetchError {
         }
     }
 
-    fn transport(what: impl Into<String>, e: &dyn std::error::Error) -> Self {
+    fn transport(what: impl Into<String>, e: &(dyn std::error::Error + 'static)) -> Self {
         // reqwest's own top line repeats the URL ("error sending request for url (...)"):
         // the causes say more.
         let mut message = match e.source() {
@@ -136,9 +136,14 @@ impl FetchError {
             None => e.to_string(),
         };
         let lower = message.to_ascii_lowercase();
-        // A certificate or protocol mismatch does not heal: fail now, with what to do.
+        // A certificate or protocol mismatch, or a redirect refused, does not heal: fail now,
+        // with what to do.
         let mut retry = true;
-        if lower.contains("certificate") || lower.contains("unknownissuer") {
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_redirect())
+        {
+            retry = false;
+        } else if lower.contains("certificate") || lower.contains("unknownissuer") {
             message.push_str(" (a registry with a private CA needs it in /etc/containers/certs.d/<host[:port]>/ca.crt)");
             retry = false;
         } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
@@ -299,6 +304,34 @@ enum TlsMode {
     NoVerify,
 }
 
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Redirects (blob storage behind a CDN is common) are followed, except back to a URL
+/// already seen (a loop), past [`MAX_REDIRECTS`], or from HTTPS down to plain HTTP. Each of
+/// those is a permanent error, never retried.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let previous = attempt.previous();
+        if previous.iter().any(|u| u == attempt.url()) {
+            let url = attempt.url().to_string();
+            return attempt.error(format!("redirect loop back to {url}"));
+        }
+        if previous.len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        if previous.first().is_some_and(|u| u.scheme() == "https")
+            && attempt.url().scheme() != "https"
+        {
+            let url = attempt.url().to_string();
+            return attempt.error(format!(
+                "redirect from HTTPS to {url} refused (a downgrade to another scheme)"
+            ));
+        }
+        attempt.follow()
+    })
+}
+
 fn build_http(
     mode: TlsMode,
     net: &NetConfig,
@@ -312,6 +345,7 @@ fn build_http(
         .connect_timeout(net.connect_timeout)
         .read_timeout(net.read_timeout)
         .user_agent(concat!("kmod-day1-pull/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
         .no_proxy();
     if let Some(p) = &net.https_proxy {
         b = b.proxy(

@@ -149,6 +149,30 @@ fn retries_server_errors_and_honours_retry_after() {
 }
 
 #[test]
+fn redirect_loops_are_permanent_errors_not_retried() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    // Every manifest GET answers 307 to itself.
+    let url = format!("{}/v2/{REPO}/manifests/{K}", reg.url());
+    let loop_rule = reg.fault(Fault::Redirect(url).on("/manifests/"));
+    let t = Instant::now();
+    let run = node.run(30);
+    run.expect(1).says("redirect loop");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "retried a permanent error"
+    );
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    // One manifest GET and one redirect back to itself.
+    assert!(
+        reg.fault_fired(loop_rule) <= 2,
+        "{}",
+        reg.fault_fired(loop_rule)
+    );
+    node.assert_store_empty();
+}
+
+#[test]
 fn resumes_a_blob_cut_mid_way() {
     let reg = Registry::start().unwrap();
     let (node, digest) = setup(&reg);
