@@ -25,8 +25,8 @@ pub use names::{
     KernelRelease, ModuleName, ModuleParam, SetName,
 };
 pub use node_facts::{
-    boot_id, kernel_command_line, kernel_release, NodeFactError, BOOT_ID_FILE, CMDLINE_FILE,
-    OSRELEASE_FILE,
+    boot_id, kernel_command_line, kernel_command_line_text, kernel_release, NodeFactError,
+    BOOT_ID_FILE, CMDLINE_FILE, OSRELEASE_FILE,
 };
 pub use status::{BootStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION};
 pub use store::{

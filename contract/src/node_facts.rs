@@ -58,7 +58,13 @@ pub fn kernel_release(file: &Path) -> Result<KernelRelease, NodeFactError> {
 
 /// The escape hatches on the kernel command line in `file` ([`CMDLINE_FILE`]).
 pub fn kernel_command_line(file: &Path) -> Result<EscapeHatches, NodeFactError> {
-    read_fact("kernel command line", file).map(|text| EscapeHatches::parse(&text))
+    kernel_command_line_text(file).map(|text| EscapeHatches::parse(&text))
+}
+
+/// The kernel command line in `file` ([`CMDLINE_FILE`]) as text, for readers that need more
+/// than the escape hatches (the loader reads module parameters from it, as modprobe does).
+pub fn kernel_command_line_text(file: &Path) -> Result<String, NodeFactError> {
+    read_fact("kernel command line", file)
 }
 
 /// This boot's id, read from `file` ([`BOOT_ID_FILE`]).
@@ -86,6 +92,10 @@ mod tests {
         );
         assert!(kernel_command_line(&p("cmdline")).unwrap().disabled);
         assert!(!kernel_command_line(&p("empty")).unwrap().disabled);
+        assert_eq!(
+            kernel_command_line_text(&p("cmdline")).unwrap(),
+            "root=/dev/vda kmod_day1.disable\n"
+        );
         assert_eq!(boot_id(&p("boot_id")).unwrap(), "f00d");
 
         let e = kernel_command_line(&p("missing")).unwrap_err();
