@@ -307,8 +307,15 @@ impl TreeBuilder {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| self.io(rel, e))?;
-        let n = durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
-            .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
+        let n =
+            durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f).map_err(|e| {
+                // A full disk is the store's problem, not the layer's.
+                if e.kind() == io::ErrorKind::StorageFull {
+                    self.io(rel, e)
+                } else {
+                    Self::refuse(layer, raw, format!("reading its data: {e}"))
+                }
+            })?;
         if n != size {
             return Err(Self::refuse(
                 layer,

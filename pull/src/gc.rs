@@ -31,7 +31,7 @@ mod tests {
     #[test]
     fn keeps_the_refs_of_every_config_present_and_drops_the_rest() {
         let d = tempfile::tempdir().unwrap();
-        let store = Store::open_locked(d.path()).unwrap();
+        let store = Store::open_locked(d.path(), std::time::Duration::ZERO).unwrap();
         let (set, k) = (
             SetName::new("s").unwrap(),
             KernelRelease::new("6.1").unwrap(),

@@ -244,6 +244,10 @@ impl<'a> Puller<'a> {
     ) -> anyhow::Result<()> {
         let policy = self.policy.clone();
         let store = self.store;
+        // The compressed layers are a lower bound of what the tree takes: refuse now rather
+        // than fill /var halfway through.
+        let compressed: u64 = resolved.layers.iter().map(|l| l.size).sum();
+        store.check_free_space(compressed, &format!("{}", job.image))?;
         let request = TreeRequest {
             image: &job.image,
             resolved,

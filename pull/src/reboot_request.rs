@@ -237,7 +237,8 @@ mod tests {
     impl Node {
         fn new(loader_state: SetState) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open_locked(&dir.path().join("store")).unwrap();
+            let store =
+                Store::open_locked(&dir.path().join("store"), std::time::Duration::ZERO).unwrap();
             let status = BootStatus {
                 version: STATUS_VERSION,
                 kernel_release: K.into(),

@@ -142,7 +142,7 @@ mod tests {
         );
         registry.push_image("kmod/e1000", "v1", &image.build().unwrap());
         let d = tempfile::tempdir().unwrap();
-        let store = Store::open_locked(d.path()).unwrap();
+        let store = Store::open_locked(d.path(), std::time::Duration::ZERO).unwrap();
         let registries = RegistriesConf::parse(
             &format!(
                 "[[registry]]\nprefix = \"{}\"\ninsecure = true\n",

@@ -78,7 +78,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         &cli.boot_entries,
     );
 
-    let store = Store::open_locked(&cli.store)?;
+    let store = Store::open_locked(&cli.store, cli.budget())?;
     store.clean_tmp()?;
     let mut puller = Puller::new(&store, &registries, &trust, cli);
     let round = pull_round(&mut puller, &plan.jobs).await;

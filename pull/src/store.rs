@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use kmod_day1_contract::{
     is_valid_tree_id, read_json, sync_dir, write_json_atomic, AbsPath, ConfigName, KernelRelease,
@@ -19,6 +20,7 @@ use kmod_day1_contract::{
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
+use crate::progress::human_bytes;
 use crate::verify::sha256_hex;
 
 /// The store, locked for writing for as long as this value lives.
@@ -48,8 +50,8 @@ fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
 
 impl Store {
     /// Creates the layout under `root` if needed and takes the writer's lock, waiting for
-    /// another kmod-day1-pull to finish.
-    pub fn open_locked(root: &Path) -> io::Result<Self> {
+    /// another kmod-day1-pull to finish, but no longer than `wait`.
+    pub fn open_locked(root: &Path, wait: Duration) -> io::Result<Self> {
         let layout = StoreLayout::new(root);
         for d in [
             layout.root().to_owned(),
@@ -70,8 +72,7 @@ impl Store {
             Ok(l) => l,
             Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                 info!(lock = %lock_path.display(), "waiting for another kmod-day1-pull to release the store lock");
-                Flock::lock(f, FlockArg::LockExclusive)
-                    .map_err(|(_, e)| ctx("locking", &lock_path)(io::Error::from(e)))?
+                wait_for_lock(f, &lock_path, wait)?
             }
             Err((_, e)) => return Err(ctx("locking", &lock_path)(io::Error::from(e))),
         };
@@ -79,6 +80,27 @@ impl Store {
             layout,
             _lock: lock,
         })
+    }
+
+    /// Fails with a message naming the store and the space needed when the filesystem of
+    /// `tmp/` has less than `needed` bytes available.
+    pub fn check_free_space(&self, needed: u64, what: &str) -> io::Result<()> {
+        let tmp = self.layout.tmp_dir();
+        let st = nix::sys::statvfs::statvfs(&tmp)
+            .map_err(|e| ctx("checking the free space of", &tmp)(e.into()))?;
+        let available = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        if available < needed {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the store {} has {} free, and {what} needs at least {}; free space on that filesystem",
+                    self.layout.root().display(),
+                    human_bytes(available),
+                    human_bytes(needed)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The paths.
@@ -209,6 +231,30 @@ impl Store {
     }
 }
 
+/// Polls for the lock until `wait` has passed: a run never blocks for ever behind another
+/// one (or behind a lock that an NFS-like filesystem never releases).
+fn wait_for_lock(mut f: fs::File, path: &Path, wait: Duration) -> io::Result<Flock<fs::File>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => f = back,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the store lock {} is still held by another kmod-day1-pull after {} s (the retry budget); the next run tries again",
+                        path.display(),
+                        wait.as_secs()
+                    ),
+                ))
+            }
+            Err((_, e)) => return Err(ctx("locking", path)(io::Error::from(e))),
+        }
+    }
+}
+
 fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -254,7 +300,7 @@ mod tests {
     #[test]
     fn commit_gc_and_leftovers() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open_locked(d.path()).unwrap();
+        let s = Store::open_locked(d.path(), Duration::ZERO).unwrap();
         fs::write(s.tmp_path("junk"), "x").unwrap();
         s.clean_tmp().unwrap();
         assert_eq!(fs::read_dir(s.layout().tmp_dir()).unwrap().count(), 0);
@@ -292,5 +338,20 @@ mod tests {
             ["bb"]
         );
         assert!(s.layout().read_ref(&c, &set, &k).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_lock_wait_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let held = Store::open_locked(d.path(), Duration::ZERO).unwrap();
+        let t = Instant::now();
+        let e = Store::open_locked(d.path(), Duration::from_millis(500))
+            .err()
+            .expect("the lock is held");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("still held"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        drop(held);
+        Store::open_locked(d.path(), Duration::from_millis(500)).unwrap();
     }
 }

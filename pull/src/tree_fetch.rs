@@ -120,6 +120,21 @@ pub(crate) async fn fetch_tree(
             if let Err(rm) = std::fs::remove_dir_all(&staging) {
                 warn!(path = %staging.display(), "removing the staging directory: {rm}");
             }
+            let full = e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
+            });
+            if full {
+                let store = staging
+                    .parent()
+                    .and_then(|tmp| tmp.parent())
+                    .unwrap_or(&staging);
+                return Err(e.context(format!(
+                    "no space left in the store {} while extracting {image} ({} of compressed layers); free space on that filesystem",
+                    store.display(),
+                    human_bytes(total)
+                )));
+            }
             Err(e)
         }
     }

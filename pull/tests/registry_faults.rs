@@ -172,6 +172,77 @@ fn redirect_loops_are_permanent_errors_not_retried() {
     node.assert_store_empty();
 }
 
+/// A tmpfs of `size` mounted on the node's store for the life of the value (needs root, as
+/// `make test` has).
+struct SmallStore(std::path::PathBuf);
+
+impl SmallStore {
+    fn mount(node: &Node, size: &str) -> Self {
+        let store = node.store();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&store)
+            .status()
+            .expect("running mount");
+        assert!(
+            ok.success(),
+            "mounting a tmpfs on {} (this test needs root)",
+            store.display()
+        );
+        Self(store)
+    }
+}
+
+impl Drop for SmallStore {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_store_is_reported_as_such_and_commits_nothing() {
+    // Less free space than the compressed layers: refused before the download.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    let _small = SmallStore::mount(&node, "64k");
+    node.run(10)
+        .expect(1)
+        .says("needs at least")
+        .says(&node.store().display().to_string());
+    assert_eq!(
+        reg.blob_gets(),
+        0,
+        "downloaded despite the free-space check"
+    );
+    assert!(node.ref_record(K).is_none());
+
+    // Enough for the compressed layers, not for the extracted tree: ENOSPC, named as such.
+    let reg = Registry::start().unwrap();
+    let node = Node::new();
+    node.insecure(&[&reg.host()]);
+    node.config(&format!("{}/{REPO}", reg.host()), "");
+    let zeros = Image::new()
+        .layer(
+            Layer::new()
+                .compression(Compression::Gzip)
+                .zeros(format!("opt/lib/modules/{K}/extra/zeros.ko"), 8 << 20),
+        )
+        .build()
+        .unwrap();
+    reg.push_image(REPO, K, &zeros);
+    let _small = SmallStore::mount(&node, "1m");
+    node.run(10)
+        .expect(1)
+        .says("no space left in the store")
+        .says(&node.store().display().to_string());
+    assert!(node.ref_record(K).is_none());
+    assert!(node.names("trees").is_empty());
+    assert!(node.names("tmp").is_empty(), "tmp: {:?}", node.names("tmp"));
+}
+
 #[test]
 fn resumes_a_blob_cut_mid_way() {
     let reg = Registry::start().unwrap();
