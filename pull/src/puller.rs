@@ -142,7 +142,8 @@ impl<'a> Puller<'a> {
             .layout()
             .read_ref(&job.config, &job.set.name, &job.kernel)
             .unwrap_or_else(|e| {
-                warn!("ignoring an unreadable ref: {e}");
+                self.store
+                    .set_aside_ref(&job.config, &job.set.name, &job.kernel, &e);
                 None
             })
             .filter(|r| {

@@ -103,6 +103,31 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a ref that cannot be read (`why`) to `corrupt/` in the store, where an operator
+    /// can look at it; the pull then fetches the image again and writes a new one.
+    pub fn set_aside_ref(
+        &self,
+        config: &ConfigName,
+        set: &SetName,
+        kernel: &KernelRelease,
+        why: &io::Error,
+    ) {
+        let from = self.layout.ref_file(config, set, kernel);
+        let dir = self.layout.root().join("corrupt");
+        let to = dir.join(format!("ref-{config}-{set}-{kernel}.json"));
+        match fs::create_dir_all(&dir).and_then(|()| fs::rename(&from, &to)) {
+            Ok(()) => warn!(
+                "the ref {} cannot be read ({why}); set aside as {}, the image is fetched again",
+                from.display(),
+                to.display()
+            ),
+            Err(e) => warn!(
+                "the ref {} cannot be read ({why}) nor set aside ({e}); the image is fetched again",
+                from.display()
+            ),
+        }
+    }
+
     /// The paths.
     pub fn layout(&self) -> &StoreLayout {
         &self.layout

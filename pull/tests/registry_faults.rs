@@ -244,6 +244,25 @@ fn a_full_store_is_reported_as_such_and_commits_nothing() {
 }
 
 #[test]
+fn a_corrupt_ref_is_set_aside_and_rebuilt() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    node.run(30).expect(0).says("committed");
+    let ref_file = node.store().join(format!("refs/99-kmod/e1000/{K}.json"));
+    std::fs::write(&ref_file, "{ torn by a power cut").unwrap();
+    node.run(30).expect(0).says("set aside").says("committed");
+    assert_committed(&node, &digest, "oot-1");
+    assert_eq!(
+        std::fs::read_to_string(
+            node.store()
+                .join(format!("corrupt/ref-99-kmod-e1000-{K}.json"))
+        )
+        .unwrap(),
+        "{ torn by a power cut"
+    );
+}
+
+#[test]
 fn resumes_a_blob_cut_mid_way() {
     let reg = Registry::start().unwrap();
     let (node, digest) = setup(&reg);
