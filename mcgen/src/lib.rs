@@ -39,7 +39,7 @@ pub use kmm::{produce_machine_config, KmmArgs};
 pub use machineconfig::MachineConfig;
 pub use node_binaries::{embed_node_binaries, EmbeddedBinary};
 pub use spec::{parse_spec, Day1Config, ModuleSetBuilder, PoolName, API_VERSION, KIND};
-pub use units::{LOAD_UNIT, PULL_UNIT};
+pub use units::{LOAD_UNIT, PULL_SHUTDOWN_UNIT, PULL_UNIT};
 
 /// Default limit on a MachineConfig's size: etcd stores objects up to 1.5 MiB and MCO
 /// merges every MachineConfig of a pool into one rendered config.

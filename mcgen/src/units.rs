@@ -7,6 +7,8 @@ use crate::Delivery;
 pub const LOAD_UNIT: &str = include_str!("../../units/kmod-day1-load.service");
 /// The pull unit, as in `units/kmod-day1-pull.service`.
 pub const PULL_UNIT: &str = include_str!("../../units/kmod-day1-pull.service");
+/// The pull's stop step at shutdown, as in `units/kmod-day1-pull-shutdown.service`.
+pub const PULL_SHUTDOWN_UNIT: &str = include_str!("../../units/kmod-day1-pull-shutdown.service");
 
 /// Where the node binaries live for a delivery: `/usr/local/bin` is writable on RHCOS (it
 /// is `/var/usrlocal/bin`), `/usr/bin` belongs to the OS image when it is layered.
@@ -23,6 +25,7 @@ pub fn units(delivery: &Delivery) -> Vec<(&'static str, String)> {
     [
         ("kmod-day1-load.service", LOAD_UNIT),
         ("kmod-day1-pull.service", PULL_UNIT),
+        ("kmod-day1-pull-shutdown.service", PULL_SHUTDOWN_UNIT),
     ]
     .into_iter()
     .map(|(name, text)| (name, text.replace("/usr/local/bin/", &format!("{dir}/"))))

@@ -170,14 +170,17 @@ fn units_verify_with_systemd_analyze() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
+    for exe in ["kmod-day1-load", "kmod-day1-pull"] {
+        let exe = bin.join(exe);
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let mut paths = vec![];
     for (name, text) in [
         ("kmod-day1-load.service", mcgen::LOAD_UNIT),
         ("kmod-day1-pull.service", mcgen::PULL_UNIT),
+        ("kmod-day1-pull-shutdown.service", mcgen::PULL_SHUTDOWN_UNIT),
     ] {
-        let exe = bin.join(name.trim_end_matches(".service"));
-        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let unit = dir.path().join(name);
         std::fs::write(
             &unit,

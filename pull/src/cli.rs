@@ -65,6 +65,23 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", default_value = crate::boot_entries::BOOT_ENTRIES_DIR)]
     pub boot_entries: PathBuf,
 
+    /// ostree deployments; every deployment's kernel (a staged one too) is prefetched.
+    #[arg(long, value_name = "DIR", default_value = crate::bootable::OSTREE_DEPLOY_DIR)]
+    pub ostree_deploy_dir: PathBuf,
+
+    /// Installed kernels (<kver>/vmlinuz); their images are prefetched.
+    #[arg(long, value_name = "DIR", default_value = crate::bootable::MODULES_DIR)]
+    pub modules_dir: PathBuf,
+
+    /// The stop step at shutdown: fetch only what the kernels the node boots next lack, never
+    /// reboot; does nothing unless systemd is shutting the system down.
+    #[arg(long)]
+    pub at_shutdown: bool,
+
+    /// Test hook: with --at-shutdown, do not ask systemd whether it is shutting down.
+    #[arg(long, hide = true)]
+    pub assume_shutdown: bool,
+
     /// containers-registries.conf(5) v2 file (mirrors, insecure registries).
     #[arg(long, value_name = "FILE", default_value = crate::registries_conf::REGISTRIES_CONF)]
     pub registries_conf: PathBuf,

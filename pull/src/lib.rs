@@ -5,6 +5,7 @@
 
 mod auth;
 mod boot_entries;
+mod bootable;
 mod cli;
 mod decode;
 mod durable;
@@ -23,6 +24,7 @@ mod registries_d;
 mod retry;
 mod round;
 mod run;
+mod shutdown;
 mod signed_identity;
 mod sigstore;
 mod store;

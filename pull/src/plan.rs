@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The first phase of a run: which images the store must hold. For every kernel the node
-//! can boot (the running one first, then those of the other boot entries) and every module
-//! set of every config, the image configured for that kernel, as a [`Job`].
+//! can boot (the running one first, then the others `bootable` finds) and every module set
+//! of every config, the image configured for that kernel, as a [`Job`].
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,6 +10,8 @@ use kmod_day1_contract::{
     ConfigError, ConfigName, ImageRef, KernelRelease, LoadedConfig, ModuleSet,
 };
 use tracing::{error, info};
+
+use crate::bootable::BootableKernels;
 
 /// One image to have in the store.
 #[derive(Debug, Clone)]
@@ -43,19 +45,20 @@ pub(crate) struct Plan {
     /// Every config whose refs garbage collection keeps: the ones loaded and the ones whose
     /// file is there but could not be used (a typo must not wipe the store).
     pub configs_present: BTreeSet<String>,
-    /// The kernels a boot can still use, when the boot entries could be read; `None`: unknown,
+    /// The kernels a boot can still use, when every source could be read; `None`: unknown,
     /// so no ref is pruned for its kernel.
     pub bootable: Option<BTreeSet<String>>,
 }
 
-/// Plans the run for `running` and the kernels of the boot entries (`entries`: what reading
-/// them gave), from the configs that loaded and the config files that did not (`bad`).
+/// Plans the run for `running` and the other `bootable` kernels, from the configs that
+/// loaded and the config files that did not (`bad`). `next_only`: only the other kernels
+/// (the stop step at shutdown).
 pub(crate) fn plan(
     configs: &[LoadedConfig],
     bad: &[ConfigError],
     running: &KernelRelease,
-    entries: std::io::Result<Vec<KernelRelease>>,
-    entries_dir: &Path,
+    bootable: &BootableKernels,
+    next_only: bool,
 ) -> Plan {
     let mut plan = Plan {
         config_errors: bad.len(),
@@ -71,20 +74,25 @@ pub(crate) fn plan(
             _ => None,
         }
     }));
-    let mut kernels = vec![(running.clone(), false)];
-    match entries {
-        Ok(ks) => {
-            if !ks.is_empty() {
-                let mut b: BTreeSet<String> = ks.iter().map(|k| k.to_string()).collect();
-                b.insert(running.to_string());
-                plan.bootable = Some(b);
-            }
-            kernels.extend(ks.into_iter().filter(|k| k != running).map(|k| (k, true)));
-        }
-        Err(e) => {
-            tracing::warn!(dir = %entries_dir.display(), "cannot read the boot entries, so no prefetch: {e}")
-        }
+    if bootable.complete && !bootable.kernels.is_empty() {
+        let mut b: BTreeSet<String> = bootable.kernels.iter().map(|k| k.to_string()).collect();
+        b.insert(running.to_string());
+        plan.bootable = Some(b);
     }
+    for k in &bootable.staged {
+        info!(kernel = %k, "a staged deployment boots kernel {k} next");
+    }
+    let mut kernels = vec![];
+    if !next_only {
+        kernels.push((running.clone(), false));
+    }
+    kernels.extend(
+        bootable
+            .kernels
+            .iter()
+            .filter(|k| *k != running)
+            .map(|k| (k.clone(), true)),
+    );
     for (kernel, prefetch) in kernels {
         for c in configs {
             for set in &c.config.module_sets {
@@ -141,8 +149,12 @@ mod tests {
         assert_eq!(bad.len(), 1);
 
         let running = kernel("6.1.0-27-amd64");
-        let entries = Ok(vec![kernel("6.1.0-28-amd64"), running.clone()]);
-        let p = plan(&configs, &bad, &running, entries, d.path());
+        let bootable = BootableKernels {
+            kernels: [kernel("6.1.0-28-amd64"), running.clone()].into(),
+            staged: BTreeSet::new(),
+            complete: true,
+        };
+        let p = plan(&configs, &bad, &running, &bootable, false);
 
         let jobs: Vec<(String, bool)> = p
             .jobs
@@ -172,16 +184,21 @@ mod tests {
             ]))
         );
 
-        // Unreadable boot entries: the running kernel only, and nothing known to prune.
-        let p = plan(
-            &configs,
-            &[],
-            &running,
-            Err(std::io::Error::other("denied")),
-            d.path(),
-        );
+        // At shutdown: the next kernels only.
+        let p = plan(&configs, &bad, &running, &bootable, true);
         assert_eq!(p.jobs.len(), 2);
-        assert!(p.jobs.iter().all(|j| !j.prefetch));
+        assert!(p
+            .jobs
+            .iter()
+            .all(|j| j.prefetch && j.kernel.as_str() == "6.1.0-28-amd64"));
+
+        // A source that could not be read: what was found is fetched, nothing is pruned.
+        let partial = BootableKernels {
+            complete: false,
+            ..bootable
+        };
+        let p = plan(&configs, &[], &running, &partial, false);
+        assert_eq!(p.jobs.len(), 4);
         assert_eq!(p.bootable, None);
         assert_eq!(p.config_errors, 0);
     }

@@ -47,6 +47,7 @@ pub(crate) struct Puller<'a> {
     tty: bool,
     clients: HashMap<(String, bool), HostClient>,
     secrets: HashMap<PathBuf, PullSecret>,
+    missing_only: bool,
 }
 
 impl<'a> Puller<'a> {
@@ -82,7 +83,15 @@ impl<'a> Puller<'a> {
             tty: std::io::stderr().is_terminal(),
             clients: HashMap::new(),
             secrets: HashMap::new(),
+            missing_only: false,
         }
+    }
+
+    /// Only images with no stored ref are fetched; a stored tag is not checked for a newer
+    /// digest (the stop step at shutdown has a minute or two, not for what is there).
+    pub fn missing_only(mut self) -> Self {
+        self.missing_only = true;
+        self
     }
 
     /// Makes sure the job's image is in the store; `bytes` counts what was downloaded.
@@ -90,7 +99,7 @@ impl<'a> Puller<'a> {
         let existing = self.stored_ref(job);
         // A digest reference cannot change: no need to ask the registry.
         if let Some(r) = &existing {
-            if job.image.is_pinned() {
+            if job.image.is_pinned() || self.missing_only {
                 return Ok(Outcome::Unchanged(r.clone()));
             }
         }

@@ -12,7 +12,7 @@ use kmod_day1_contract::{
 };
 use tracing::{error, info, warn};
 
-use crate::boot_entries::boot_entry_kernels;
+use crate::bootable::BootableSources;
 use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::gc::collect_garbage;
@@ -46,6 +46,19 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         info!("kmod_day1.disable is on the kernel command line: nothing to do");
         return Ok(Exit::Ok);
     }
+    if cli.at_shutdown && !cli.assume_shutdown {
+        match crate::shutdown::system_is_stopping().await {
+            Ok(true) => info!("the system is shutting down: fetching what the next boot needs"),
+            Ok(false) => {
+                info!("the unit was stopped, the system is not shutting down: nothing to do");
+                return Ok(Exit::Ok);
+            }
+            Err(e) => {
+                warn!("cannot tell whether the system is shutting down ({e:#}): nothing to do");
+                return Ok(Exit::Ok);
+            }
+        }
+    }
     let kernel = match &cli.kernel_release {
         Some(k) => k.clone(),
         None => kernel_release(Path::new(OSRELEASE_FILE))?,
@@ -70,17 +83,24 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         registries_d: RegistriesD::load(&cli.registries_d)
             .map_err(|e| ConfigProblem(format!("registries.d: {e}; fix the file")))?,
     };
-    let plan = plan(
-        &configs,
-        &bad,
-        &kernel,
-        boot_entry_kernels(&cli.boot_entries),
-        &cli.boot_entries,
-    );
+    let bootable = BootableSources {
+        entries: &cli.boot_entries,
+        ostree_deploy: &cli.ostree_deploy_dir,
+        modules: &cli.modules_dir,
+    }
+    .read();
+    let plan = plan(&configs, &bad, &kernel, &bootable, cli.at_shutdown);
+    if cli.at_shutdown && plan.jobs.is_empty() {
+        info!("no other kernel to boot next: nothing to do");
+        return Ok(Exit::Ok);
+    }
 
     let store = Store::open_locked(&cli.store, cli.budget())?;
     store.clean_tmp()?;
     let mut puller = Puller::new(&store, &registries, &trust, cli);
+    if cli.at_shutdown {
+        puller = puller.missing_only();
+    }
     let round = pull_round(&mut puller, &plan.jobs).await;
     collect_garbage(&store, &plan);
 
@@ -94,7 +114,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         boot_id: boot_id.as_deref(),
         status_file: &cli.status,
         hatches: &hatches,
-        no_reboot: cli.no_reboot,
+        // Never at shutdown: the node is rebooting already.
+        no_reboot: cli.no_reboot || cli.at_shutdown,
         via: match &cli.reboot_marker {
             Some(m) => RebootVia::Marker(m.clone()),
             None => RebootVia::Logind,

@@ -719,6 +719,55 @@ fn unreadable_node_facts_fail_safe() {
 }
 
 #[test]
+fn the_stop_step_fetches_a_staged_deployments_kernel_and_never_reboots() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.run(30).expect(0).says("committed");
+    let d2 = reg.push_image(REPO, K2, &kmod_image(K2, "next"));
+    // An OS update staged like MCO's: the deployment's tree exists, its boot entry does not.
+    let vmlinuz = node.path(&format!(
+        "ostree-deploy/rhcos/deploy/0123abcd.1/usr/lib/modules/{K2}/vmlinuz"
+    ));
+    std::fs::create_dir_all(vmlinuz.parent().unwrap()).unwrap();
+    std::fs::write(&vmlinuz, "").unwrap();
+    node.loader_status(SetState::NotStored);
+
+    // Stopped by hand (systemd cannot be asked here): nothing.
+    let out = node.command(30).arg("--at-shutdown").output().unwrap();
+    common::Run::from(out).expect(0).says("nothing to do");
+    assert!(node.ref_record(K2).is_none());
+
+    // At shutdown: the staged kernel's image, the running kernel's not asked again, no reboot.
+    reg.clear_requests();
+    let out = node
+        .command(30)
+        .args(["--at-shutdown", "--assume-shutdown"])
+        .output()
+        .unwrap();
+    common::Run::from(out)
+        .expect(0)
+        .says(&format!("a staged deployment boots kernel {K2} next"))
+        .says("committed");
+    assert_eq!(node.ref_record(K2).unwrap().manifest_digest, d2);
+    assert_eq!(reg.count("GET", &format!("/manifests/{K}")), 0);
+    assert!(!node.rebooted());
+    assert!(node.ref_record(K).is_some());
+
+    // Again: nothing missing, nothing asked of the registry.
+    reg.clear_requests();
+    let out = node
+        .command(30)
+        .args(["--at-shutdown", "--assume-shutdown"])
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(0).says("unchanged");
+    assert_eq!(reg.requests().len(), 0);
+    // The boot-time pull keeps the staged kernel's ref (garbage collection knows it).
+    node.run(30).expect(0);
+    assert!(node.ref_record(K2).is_some());
+}
+
+#[test]
 fn config_errors_exit_2() {
     let node = Node::new();
     std::fs::write(node.path("config.d/bad.json"), "{").unwrap();

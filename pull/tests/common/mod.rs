@@ -24,7 +24,7 @@ impl Node {
         let n = Self {
             dir: tempfile::tempdir().unwrap(),
         };
-        for d in ["config.d", "store", "entries", "certs.d"] {
+        for d in ["config.d", "store", "entries", "certs.d", "ostree-deploy", "modules"] {
             std::fs::create_dir_all(n.path(d)).unwrap();
         }
         std::fs::write(n.path("boot_id"), "b1\n").unwrap();
@@ -119,6 +119,10 @@ impl Node {
             .arg(K)
             .arg("--boot-entries")
             .arg(self.path("entries"))
+            .arg("--ostree-deploy-dir")
+            .arg(self.path("ostree-deploy"))
+            .arg("--modules-dir")
+            .arg(self.path("modules"))
             .arg("--registries-conf")
             .arg(self.path("registries.conf"))
             .arg("--certs-dir")
