@@ -36,6 +36,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--firmware-dir",
     "--kmsg",
     "--boot-id-file",
+    "--modprobe-dir",
 ];
 
 /// `--help`: the manual page.
@@ -44,6 +45,7 @@ kmod-day1-load - swap in-tree kernel modules for out-of-tree ones at boot
 
 USAGE
     kmod-day1-load [OPTIONS]
+    kmod-day1-load --dry-run [--json] [OPTIONS]
 
 DESCRIPTION
     Runs once per boot from kmod-day1-load.service, before network-pre.target, so that
@@ -63,6 +65,33 @@ DESCRIPTION
     modules with their dependencies and parameters. A module already loaded with the same
     srcversion is left alone, so a second run changes nothing. If any step fails, what
     this run loaded is unloaded and the in-tree modules it removed are loaded back.
+
+    Modules are loaded as modprobe would load them, with the node's modprobe
+    configuration read as kmod reads it: the modprobe.d directories (see --modprobe-dir;
+    *.conf and *.alias files, a file name in an earlier directory hides the later ones,
+    all read in lexical order with the module directory's modules.softdep), then the
+    kernel command line. `options` lines and `module.param=value` words give parameters
+    (modprobe.d first, then the command line, then the config's parameters: the last
+    value wins); `softdep` pre: and post: modules (and an image module's own softdep
+    modinfo) are loaded around their module, and one that is missing or fails is only a
+    warning, as with modprobe; `blacklist` and modprobe.blacklist= only filter alias
+    lookups, as in kmod, so they do not stop a module named here. install and remove
+    commands are never run: a module to load that has an install command fails
+    preflight, naming the file and line (an install line on an in-tree module that is
+    only removed is fine; a rollback that would need it says so). A module in the
+    kernel's own module_blacklist= fails preflight. The same rules apply to
+    dependencies, softdeps and the in-tree modules a rollback loads back.
+
+    With --dry-run the loader plans and touches nothing: no module is loaded or
+    unloaded, no firmware copied, no status written. It prints, per module set, what
+    would be unloaded, what would be loaded in which order with which parameters and
+    where each comes from, the firmware to copy, and what a rollback would load back;
+    --json prints the same plan, and the modprobe configuration read, as one JSON
+    document. The real run executes the same plan from the same planner. For the running
+    kernel the plan starts from the loaded modules (/sys/module); for another release
+    (--kernel-release, with --modules-root and --modprobe-dir of another deployment) from
+    a kernel with nothing loaded. The exit status is what the real run's would be
+    (a set failing preflight: 1).
 
     Every run writes the status file (JSON): per set its state (loaded, notStored,
     noImage, skipped, failed), image, manifest digest, modules with version, srcversion
@@ -84,6 +113,12 @@ OPTIONS
     --firmware-dir DIR    where firmware is copied              [/var/lib/firmware]
     --kmsg FILE           kernel log, to name unknown symbols   [/dev/kmsg]
     --boot-id-file FILE   boot id for the status file           [/proc/sys/kernel/random/boot_id]
+    --modprobe-dir DIR    a modprobe.d directory; repeat for several, in order (the
+                          first use replaces the list)          [/etc/modprobe.d
+                          /run/modprobe.d /usr/local/lib/modprobe.d /usr/lib/modprobe.d
+                          /lib/modprobe.d]
+    --dry-run             print the plan, touch nothing
+    --json                with --dry-run: the plan as JSON
     -v, --verbose         log debug lines too
     -h, --help            print this help
     -V, --version         print the version
@@ -107,6 +142,7 @@ LOGGING
 /// Parses the arguments after the program name.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     let mut o = Options::default();
+    let mut modprobe_dirs: Option<Vec<PathBuf>> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -117,6 +153,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, U
             "-V" | "--version" => return Ok(Command::Version),
             "-v" | "--verbose" => {
                 o.verbose = true;
+                continue;
+            }
+            "--dry-run" => {
+                o.dry_run = true;
+                continue;
+            }
+            "--json" => {
+                o.json = true;
                 continue;
             }
             _ => {}
@@ -150,8 +194,15 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, U
             "--firmware-dir" => o.firmware_dir = path,
             "--kmsg" => o.kmsg = path,
             "--boot-id-file" => o.boot_id_file = path,
+            "--modprobe-dir" => modprobe_dirs.get_or_insert_with(Vec::new).push(path),
             _ => unreachable!("every value flag is handled"),
         }
+    }
+    if let Some(dirs) = modprobe_dirs {
+        o.modprobe_dirs = dirs;
+    }
+    if o.json && !o.dry_run {
+        return Err(UsageError("--json needs --dry-run".into()));
     }
     Ok(Command::Run(Box::new(o)))
 }
@@ -174,6 +225,17 @@ mod tests {
         assert_eq!(o.store, PathBuf::from("/var/lib/kmod-day1"));
         assert_eq!(o.status, PathBuf::from("/run/kmod-day1/status.json"));
         assert_eq!(o.firmware_dir, PathBuf::from("/var/lib/firmware"));
+        assert_eq!(
+            o.modprobe_dirs,
+            [
+                "/etc/modprobe.d",
+                "/run/modprobe.d",
+                "/usr/local/lib/modprobe.d",
+                "/usr/lib/modprobe.d",
+                "/lib/modprobe.d"
+            ]
+            .map(PathBuf::from)
+        );
     }
 
     #[test]
@@ -197,11 +259,25 @@ mod tests {
         assert_eq!(o.firmware_dir, PathBuf::from("/x--firmware-dir"));
         assert_eq!(o.kmsg, PathBuf::from("/x--kmsg"));
         assert_eq!(o.boot_id_file, PathBuf::from("/x--boot-id-file"));
+        assert_eq!(o.modprobe_dirs, [PathBuf::from("/x--modprobe-dir")]);
         assert!(o.verbose);
+        assert!(!o.dry_run);
         let Command::Run(o) = parse(&["--store=/s"]).unwrap() else {
             panic!()
         };
         assert_eq!(o.store, PathBuf::from("/s"));
+        let Command::Run(o) = parse(&[
+            "--dry-run",
+            "--json",
+            "--modprobe-dir",
+            "/a",
+            "--modprobe-dir=/b",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert!(o.dry_run && o.json);
+        assert_eq!(o.modprobe_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]
@@ -219,6 +295,10 @@ mod tests {
             .to_string()
             .contains("needs a value"));
         assert!(parse(&["stray"]).is_err());
+        assert!(parse(&["--json"])
+            .unwrap_err()
+            .to_string()
+            .contains("--json needs --dry-run"));
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
     }
@@ -227,9 +307,10 @@ mod tests {
     #[test]
     fn help_and_readme_document_every_flag() {
         let readme = include_str!("../README.md");
-        for f in VALUE_FLAGS
-            .iter()
-            .chain(&["--verbose", "--help", "--version"])
+        for f in
+            VALUE_FLAGS
+                .iter()
+                .chain(&["--verbose", "--help", "--version", "--dry-run", "--json"])
         {
             assert!(HELP.contains(f), "--help lacks {f}");
             assert!(readme.contains(f), "loader/README.md lacks {f}");

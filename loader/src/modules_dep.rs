@@ -125,6 +125,10 @@ pub struct ModuleIndex {
     contained: bool,
     loaded: OnceCell<Result<Indexed, String>>,
     builtin: OnceCell<HashSet<String>>,
+    /// `modules.alias`, `modules.symbols` and `modules.builtin.modinfo`, read on first use.
+    alias_text: OnceCell<String>,
+    symbols_text: OnceCell<String>,
+    builtin_modinfo: OnceCell<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -152,6 +156,9 @@ impl ModuleIndex {
             contained,
             loaded: OnceCell::new(),
             builtin: OnceCell::new(),
+            alias_text: OnceCell::new(),
+            symbols_text: OnceCell::new(),
+            builtin_modinfo: OnceCell::new(),
         }
     }
 
@@ -208,6 +215,70 @@ impl ModuleIndex {
             })
             .contains(name)
     }
+}
+
+impl ModuleIndex {
+    /// The modules `modules.alias` maps `name` to (patterns matched as fnmatch does), in the
+    /// file's order: depmod writes it in module order, the priority order kmod's
+    /// `modules.alias.bin` lookup returns.
+    pub fn aliases(&self, name: &str) -> Vec<String> {
+        let text = self
+            .alias_text
+            .get_or_init(|| read_text(&self.base.join("modules.alias")));
+        alias_matches(text, name)
+    }
+
+    /// The modules `modules.symbols` names for `symbol:NAME`.
+    pub fn symbol_owners(&self, name: &str) -> Vec<String> {
+        let text = self
+            .symbols_text
+            .get_or_init(|| read_text(&self.base.join("modules.symbols")));
+        alias_matches(text, name)
+    }
+
+    /// The built-in modules with alias `name`, from `modules.builtin.modinfo`
+    /// (`module.alias=value` strings), as kmod's `modules.builtin.alias.bin`.
+    pub fn builtin_aliases(&self, name: &str) -> Vec<String> {
+        let data = self.builtin_modinfo.get_or_init(|| {
+            std::fs::read(self.base.join("modules.builtin.modinfo")).unwrap_or_default()
+        });
+        let mut out: Vec<String> = vec![];
+        for entry in data.split(|&b| b == 0) {
+            let Ok(entry) = std::str::from_utf8(entry) else {
+                continue;
+            };
+            let Some((module, value)) = entry.split_once(".alias=") else {
+                continue;
+            };
+            if crate::fnmatch::fnmatch(value, name) && !out.iter().any(|m| m == module) {
+                out.push(module.replace('-', "_"));
+            }
+        }
+        out
+    }
+}
+
+fn read_text(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The modules of the `alias PATTERN MODULE` lines whose pattern matches `name`.
+fn alias_matches(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_ascii_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("alias"), Some(pattern), Some(module))
+                    if crate::fnmatch::fnmatch(pattern, name) =>
+                {
+                    Some(module.replace('-', "_"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Indexes `*.ko*` files under `dir` (symlinks are not followed: an image cannot point
@@ -333,5 +404,34 @@ mod tests {
         std::fs::write(d3.path().join("modules.dep"), "../x.ko:\n").unwrap();
         let e = ModuleIndex::image(d3.path()).lookup("x").unwrap_err();
         assert!(e.contains("modules.dep") && e.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn aliases_symbols_and_builtin_aliases() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("modules.alias"),
+            "# Aliases extracted from modules themselves.\nalias crc32c crc32c_intel\nalias pci:v00008086d*sv* e1000e\nalias crc32c crc32c-generic\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("modules.symbols"),
+            "alias symbol:dpll_device_get dpll\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("modules.builtin.modinfo"),
+            b"crc32_generic.alias=crypto-crc32\0crc32_generic.alias=crc32\0x.license=GPL\0",
+        )
+        .unwrap();
+        let idx = ModuleIndex::in_tree(d.path());
+        assert_eq!(idx.aliases("crc32c"), ["crc32c_intel", "crc32c_generic"]);
+        assert_eq!(idx.aliases("pci:v00008086d000010D3sv00001234"), ["e1000e"]);
+        assert!(idx.aliases("nothing").is_empty());
+        assert_eq!(idx.symbol_owners("symbol:dpll_device_get"), ["dpll"]);
+        assert_eq!(idx.builtin_aliases("crc32"), ["crc32_generic"]);
+        assert!(ModuleIndex::in_tree(d.path().join("none"))
+            .aliases("crc32c")
+            .is_empty());
     }
 }

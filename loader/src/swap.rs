@@ -1,24 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The swap of one module set: preflight, unload the in-tree modules, install firmware,
-//! load the out-of-tree modules; on any failure, roll back (unload what this run loaded,
-//! load back what it removed) so the node keeps its in-tree driver and its network.
+//! The swap of one module set: execute its plan (`set_plan.rs`): unload the in-tree modules,
+//! install firmware, load the out-of-tree modules; on any failure, roll back (unload what this
+//! run loaded, load back what it removed, with its modprobe.d options) so the node keeps its
+//! in-tree driver and its network.
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kmod_day1_contract::{ModuleSet, ModuleStatus, SetState};
+use kmod_day1_contract::{ModuleStatus, SetState};
 use nix::errno::Errno;
 use tracing::{debug, info, warn};
 
 use crate::decompress::{self, Compression};
 use crate::duration::{micros, ms};
 use crate::firmware;
-use crate::kernel::{explain_load_error, explain_unload_error, KernelModules, ModuleState};
-use crate::modules_dep::ModuleIndex;
-use crate::plan::{plan_set, Origin, PlannedModule, PreflightError, Resolver};
+use crate::kernel::{explain_load_error, explain_unload_error, KernelModules};
+use crate::plan::{Origin, PlannedModule};
+use crate::set_plan::{is_same_module, plan_load_back, plan_swap, Node, SetInput, SetPlan};
 
 /// How often a load that finds the in-tree module back (udev's coldplug modprobe racing
 /// the swap) unloads it again and retries.
@@ -27,33 +27,6 @@ const EEXIST_RETRIES: usize = 3;
 /// Retries and wait of an unload that finds the module busy (state coming or going).
 const EBUSY_RETRIES: usize = 20;
 const EBUSY_WAIT: Duration = Duration::from_millis(25);
-
-/// The node around a swap.
-#[derive(Debug, Clone, Copy)]
-pub struct Node<'a> {
-    /// The release modules are loaded for (the running kernel's, or `--kernel-release`).
-    pub kernel_release: &'a str,
-    /// The node's modules, `/lib/modules/<kver>`: dependencies the image lacks, and what
-    /// a rollback loads back.
-    pub in_tree: &'a ModuleIndex,
-    /// sysfs (`/sys`), where the firmware search path is set.
-    pub sysfs: &'a Path,
-    /// Where the image's firmware is copied (`/var/lib/firmware`).
-    pub firmware_dir: &'a Path,
-}
-
-/// What to swap.
-#[derive(Debug, Clone, Copy)]
-pub struct SetInput<'a> {
-    /// `config/set`, for log lines.
-    pub label: &'a str,
-    /// The module set.
-    pub set: &'a ModuleSet,
-    /// The image's modules (`trees/<id>/modules`).
-    pub image: &'a ModuleIndex,
-    /// The image's firmware (`trees/<id>/firmware`), when the set has some.
-    pub firmware: Option<&'a Path>,
-}
 
 /// What the rollback after a failed swap did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,11 +87,18 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
             .collect(),
         modules: vec![],
     };
-    let (plan, to_unload) = match s.preflight(input) {
-        Ok(p) => p,
-        Err(e) => return s.finish(Some(e.to_string()), Rollback::NotNeeded),
+    let plan = {
+        let k = &*s.k;
+        let state = |n: &str| k.module_state(n);
+        match plan_swap(&state, node, input) {
+            Ok(p) => p,
+            Err(e) => return s.finish(Some(e.to_string()), Rollback::NotNeeded),
+        }
     };
-    match s.apply(&plan, &to_unload, input.firmware) {
+    for n in &plan.notes {
+        info!("{}: {n}", s.label);
+    }
+    match s.apply(&plan) {
         Ok(()) => s.finish(None, Rollback::NotNeeded),
         Err(e) => {
             warn!("{}: {e}; rolling back", s.label);
@@ -158,95 +138,11 @@ impl Swap<'_, '_> {
         matches!(self.k.module_state(name), Ok(Some(_)))
     }
 
-    /// Resolves the load order and decides which in-tree modules to unload, reading only.
-    fn preflight(
-        &self,
-        input: SetInput<'_>,
-    ) -> Result<(Vec<PlannedModule>, Vec<String>), PreflightError> {
-        let present = |n: &str| self.is_present(n);
-        let plan = plan_set(
-            input.set,
-            input.image,
-            self.node.in_tree,
-            self.node.kernel_release,
-            &present,
-        )?;
-        let ours: HashMap<&str, &PlannedModule> = plan
-            .iter()
-            .filter(|m| m.origin == Origin::Image)
-            .map(|m| (m.name.as_str(), m))
-            .collect();
-        let state = |n: &str| {
-            self.k
-                .module_state(n)
-                .map_err(|e| PreflightError(format!("reading the state of module {n}: {e}")))
-        };
-        let mut to_unload: Vec<String> = vec![];
-        let removal: Vec<String> = input
-            .set
-            .in_tree_modules_to_remove
-            .iter()
-            .map(|m| m.kernel_name())
-            .collect();
-        for name in &removal {
-            let Some(st) = state(name)? else {
-                debug!(
-                    "{}: in-tree {name} is not loaded: nothing to unload",
-                    self.label
-                );
-                continue;
-            };
-            if st.builtin {
-                return Err(PreflightError(format!(
-                    "{name} is built into the kernel and cannot be unloaded: it cannot be replaced by a module"
-                )));
-            }
-            if ours
-                .get(name.as_str())
-                .is_some_and(|m| is_same_module(&st, m))
-            {
-                debug!("{}: {name} is already the image's module", self.label);
-                continue;
-            }
-            for h in &st.holders {
-                if !to_unload.contains(h) {
-                    return Err(PreflightError(format!(
-                        "{name} is used by {h}: list {h} before {name} in inTreeModulesToRemove, or stop using it"
-                    )));
-                }
-            }
-            to_unload.push(name.clone());
-        }
-        for m in plan.iter().filter(|m| m.origin == Origin::Image) {
-            if to_unload.contains(&m.name) {
-                continue;
-            }
-            if let Some(st) = state(&m.name)? {
-                let want = m.info.as_ref().and_then(|i| i.srcversion());
-                if !is_same_module(&st, m) {
-                    return Err(PreflightError(format!(
-                        "module {} is already loaded with srcversion {}, the image has {}: add {} to inTreeModulesToRemove",
-                        m.name,
-                        st.srcversion.as_deref().unwrap_or("none"),
-                        want.unwrap_or("none"),
-                        m.name
-                    )));
-                }
-            }
-        }
-        Ok((plan, to_unload))
-    }
-
-    fn apply(
-        &mut self,
-        plan: &[PlannedModule],
-        to_unload: &[String],
-        fw: Option<&Path>,
-    ) -> Result<(), String> {
-        for name in to_unload {
+    fn apply(&mut self, plan: &SetPlan) -> Result<(), String> {
+        for name in &plan.unload {
             self.unload_in_tree(name)?;
         }
-        if let Some(src) = fw {
+        if let Some(src) = &plan.firmware {
             let t = Instant::now();
             let c = firmware::install_firmware(src, self.node.firmware_dir)
                 .map_err(|e| e.to_string())?;
@@ -274,8 +170,14 @@ impl Swap<'_, '_> {
                 ms(t.elapsed())
             );
         }
-        for m in plan {
-            self.load_planned(m)?;
+        for m in &plan.load {
+            match self.load_planned(m) {
+                Err(e) if !m.required => warn!(
+                    "{}: {e}; going on without it: a softdep ({}), as modprobe does",
+                    self.label, m.reason
+                ),
+                r => r?,
+            }
         }
         Ok(())
     }
@@ -372,7 +274,7 @@ impl Swap<'_, '_> {
     fn load_with_retry(&mut self, m: &PlannedModule) -> Result<Duration, String> {
         let mut attempt = 0;
         loop {
-            match self.load_file(&m.name, &m.path, &m.params) {
+            match self.load_file(&m.name, &m.path, &m.param_string()) {
                 Err((Errno::EEXIST, _))
                     if self.removable.contains(&m.name) && attempt < EEXIST_RETRIES =>
                 {
@@ -486,25 +388,31 @@ impl Swap<'_, '_> {
                 ));
                 continue;
             }
-            let present = |n: &str| self.is_present(n);
-            let mut r = Resolver::new(None, self.node.in_tree, self.node.kernel_release, &present);
-            let plan = match r.add_in_tree(&name) {
-                Ok(()) => r.finish(),
-                Err(e) => {
-                    errors.push(format!("loading back in-tree {name}: {e}"));
-                    continue;
+            let plan = {
+                let k = &*self.k;
+                let present = |n: &str| matches!(k.module_state(n), Ok(Some(_)));
+                match plan_load_back(self.node, &present, &name) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(format!("loading back in-tree {name}: {e}"));
+                        continue;
+                    }
                 }
             };
             for m in plan {
                 if self.is_present(&m.name) {
                     continue;
                 }
-                match self.load_file(&m.name, &m.path, "") {
+                match self.load_file(&m.name, &m.path, &m.param_string()) {
                     Ok(d) => info!(
                         "{}: rollback: loaded back in-tree {} in {} ms",
                         self.label,
                         m.name,
                         ms(d)
+                    ),
+                    Err((_, e)) if !m.required => warn!(
+                        "{}: rollback: {} ({}) not loaded: {e}; as modprobe, going on",
+                        self.label, m.name, m.reason
                     ),
                     Err((_, e)) => errors.push(format!("loading back in-tree {}: {e}", m.name)),
                 }
@@ -518,28 +426,12 @@ impl Swap<'_, '_> {
     }
 }
 
-/// Whether the loaded module `st` is the image's module `m`. By srcversion when both have
-/// one (kernels with `CONFIG_MODULE_SRCVERSION_ALL`, or modules with `MODULE_VERSION`).
-/// Without (Debian builds neither for most modules): a loaded out-of-tree module (taint
-/// `O`) for an image module without the `intree` modinfo key, with the same `version` (or none) --
-/// the best the kernel lets one tell.
-fn is_same_module(st: &ModuleState, m: &PlannedModule) -> bool {
-    let Some(info) = &m.info else { return false };
-    match (st.srcversion.as_deref(), info.srcversion()) {
-        (Some(a), Some(b)) => a == b,
-        (None, None) => {
-            st.taint.contains('O')
-                && info.get("intree") != Some("Y")
-                && st.version.as_deref() == info.version()
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modules_dep::ModuleIndex;
     use crate::testutil::{FakeKernel, Fixture, KVER};
+    use kmod_day1_contract::ModuleSet;
 
     /// Node: in-tree ice (xz) needing dpll (zst); ice loaded. Image: ice needing dpll.
     fn ice_node() -> (Fixture, FakeKernel) {
@@ -558,9 +450,11 @@ mod tests {
         let image = ModuleIndex::image(f.image_dir());
         let fw_dir = f.firmware_dir();
         let sysfs = f.sysfs();
+        let modprobe = f.modprobe_config();
         let node = Node {
             kernel_release: KVER,
             in_tree: &in_tree,
+            modprobe: &modprobe,
             sysfs: &sysfs,
             firmware_dir: &fw_dir,
         };

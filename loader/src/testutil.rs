@@ -13,10 +13,12 @@ use kmod_day1_contract::ModuleSet;
 use nix::errno::Errno;
 
 use crate::decompress::{decompress, Compression};
+use crate::kcmdline::ModuleCmdline;
 use crate::kernel::{KernelModules, ModuleState};
 use crate::modinfo::ModInfo;
+use crate::modprobe_conf::{ModprobeConfig, MODPROBE_DIRS};
 use crate::modules_dep::ModuleIndex;
-use crate::plan::{plan_set, PlannedModule, PreflightError};
+use crate::plan::{LoadPlan, PlannedModule, Planner, PreflightError};
 
 /// The running kernel of the tests.
 pub const KVER: &str = "6.1.0-27-amd64";
@@ -225,10 +227,64 @@ impl Fixture {
         serde_json::from_value(j).unwrap()
     }
 
-    pub fn plan(&self, set: &ModuleSet) -> Result<Vec<PlannedModule>, PreflightError> {
+    /// A file under the fixture's root, e.g. `etc/modprobe.d/x.conf`.
+    pub fn modprobe_d(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn set_cmdline(&self, text: &str) {
+        std::fs::write(self.path("cmdline"), text).unwrap();
+    }
+
+    /// The modprobe.d directories under the fixture's root.
+    pub fn modprobe_dirs(&self) -> Vec<PathBuf> {
+        MODPROBE_DIRS
+            .iter()
+            .map(|d| self.path(d.trim_start_matches('/')))
+            .collect()
+    }
+
+    /// The node's modprobe configuration (fixture dirs, `modules.softdep`, command line).
+    pub fn modprobe_config(&self) -> ModprobeConfig {
+        let cmdline = std::fs::read_to_string(self.path("cmdline")).unwrap();
+        ModprobeConfig::read(
+            &self.modprobe_dirs(),
+            &self.node_dir(),
+            &ModuleCmdline::parse(&cmdline),
+        )
+    }
+
+    pub fn plan_full(&self, set: &ModuleSet) -> Result<LoadPlan, PreflightError> {
         let image = ModuleIndex::image(self.image_dir());
         let node = ModuleIndex::in_tree(self.node_dir());
-        plan_set(set, &image, &node, KVER, &|_| false)
+        let conf = self.modprobe_config();
+        Planner {
+            image: Some(&image),
+            in_tree: &node,
+            conf: &conf,
+            kernel_release: KVER,
+            present: &|_| false,
+        }
+        .plan_set(set)
+    }
+
+    pub fn plan(&self, set: &ModuleSet) -> Result<Vec<PlannedModule>, PreflightError> {
+        self.plan_full(set).map(|p| p.modules)
+    }
+
+    pub fn plan_load_back(&self, name: &str) -> Result<LoadPlan, PreflightError> {
+        let node = ModuleIndex::in_tree(self.node_dir());
+        let conf = self.modprobe_config();
+        Planner {
+            image: None,
+            in_tree: &node,
+            conf: &conf,
+            kernel_release: KVER,
+            present: &|_| false,
+        }
+        .plan_load_back(name)
     }
 }
 

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `--dry-run`: the plans the real run would execute (`set_plan::plan_swap`, the same
+//! planner), printed as text or, with `--json`, as one JSON document on stdout. Nothing is
+//! touched and no status is written.
+
+use std::path::Path;
+
+use kmod_day1_contract::{KernelRelease, SetState};
+use serde_json::{json, Value};
+
+use crate::modprobe_conf::{ModprobeConfig, NamedLine};
+use crate::plan::{Origin, PlannedModule};
+use crate::set_plan::SetPlan;
+
+/// Whose view of loaded modules the plan uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelView {
+    /// The running kernel's (`/sys/module`): planning for the running release.
+    Running,
+    /// Nothing loaded: planning for another release (another deployment's kernel).
+    FreshBoot,
+}
+
+/// One module set in a dry run.
+#[derive(Debug)]
+pub struct DrySet {
+    /// `config/set`.
+    pub label: String,
+    /// `Loaded` means "would swap" (the plan is in `plan`).
+    pub state: SetState,
+    pub image: Option<String>,
+    pub manifest_digest: Option<String>,
+    pub error: Option<String>,
+    pub plan: Option<SetPlan>,
+}
+
+impl DrySet {
+    pub fn new(label: &str) -> Self {
+        Self {
+            label: label.to_owned(),
+            state: SetState::NotStored,
+            image: None,
+            manifest_digest: None,
+            error: None,
+            plan: None,
+        }
+    }
+}
+
+/// A whole dry run.
+pub struct DryRun<'a> {
+    kernel_release: &'a KernelRelease,
+    modules_dir: &'a Path,
+    view: KernelView,
+    modprobe: &'a ModprobeConfig,
+    /// `kmod_day1.disable` is on the command line: the real run would do nothing.
+    disabled: bool,
+    /// Config files that could not be used.
+    pub errors: Vec<String>,
+    pub sets: Vec<DrySet>,
+}
+
+impl<'a> DryRun<'a> {
+    pub fn new(
+        kernel_release: &'a KernelRelease,
+        modules_dir: &'a Path,
+        view: KernelView,
+        modprobe: &'a ModprobeConfig,
+        disabled: bool,
+    ) -> Self {
+        Self {
+            kernel_release,
+            modules_dir,
+            view,
+            modprobe,
+            disabled,
+            errors: vec![],
+            sets: vec![],
+        }
+    }
+
+    /// Prints the plan on stdout.
+    pub fn print(&self, as_json: bool, firmware_dir: &Path) {
+        if as_json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&self.to_json(firmware_dir)).expect("JSON")
+            );
+        } else {
+            print!("{}", self.to_text(firmware_dir));
+        }
+    }
+
+    /// The plan as JSON (`--dry-run --json`).
+    pub fn to_json(&self, firmware_dir: &Path) -> Value {
+        let c = self.modprobe;
+        let named = |v: &[NamedLine], key: &str| -> Vec<Value> {
+            v.iter()
+                .map(|l| {
+                    let mut o = json!({"module": l.pattern, "source": l.source.to_string()});
+                    if !key.is_empty() {
+                        o[key] = json!(l.value);
+                    }
+                    o
+                })
+                .collect()
+        };
+        json!({
+            "kernelRelease": self.kernel_release.as_str(),
+            "modulesDir": self.modules_dir.display().to_string(),
+            "kernelState": match self.view {
+                KernelView::Running => "running",
+                KernelView::FreshBoot => "freshBoot",
+            },
+            "disabledOnCommandLine": self.disabled,
+            "modprobe": {
+                "files": c.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "warnings": c.warnings,
+                "blacklist": named(&c.blacklist, ""),
+                "install": named(&c.install, "command"),
+                "remove": named(&c.remove, "command"),
+                "alias": c.aliases.iter().map(|l| json!({"alias": l.pattern, "module": l.value, "source": l.source.to_string()})).collect::<Vec<_>>(),
+                "options": c.options.iter().map(|o| json!({"module": o.module, "options": o.options, "source": o.source.to_string()})).collect::<Vec<_>>(),
+                "softdep": c.softdeps.iter().map(|s| json!({"module": s.pattern, "pre": s.pre, "post": s.post, "source": s.source.to_string()})).collect::<Vec<_>>(),
+                "kernelModuleBlacklist": c.kernel_blacklist,
+            },
+            "errors": self.errors,
+            "sets": self.sets.iter().map(|s| set_json(s, firmware_dir)).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The plan as text (`--dry-run`).
+    pub fn to_text(&self, firmware_dir: &Path) -> String {
+        let mut t = format!(
+            "kmod-day1-load dry run: kernel {}, modules {}; nothing is touched\n",
+            self.kernel_release,
+            self.modules_dir.display()
+        );
+        t += match self.view {
+            KernelView::Running => "loaded modules: the running kernel's\n",
+            KernelView::FreshBoot => "loaded modules: none (another kernel: as at its boot)\n",
+        };
+        if self.disabled {
+            t += "kmod_day1.disable is on the kernel command line: the real run does nothing\n";
+        }
+        t += &format!(
+            "modprobe configuration: {} files\n",
+            self.modprobe.files.len()
+        );
+        for f in &self.modprobe.files {
+            t += &format!("  {}\n", f.display());
+        }
+        for w in &self.modprobe.warnings {
+            t += &format!("  warning: {w}\n");
+        }
+        for e in &self.errors {
+            t += &format!("error: {e}\n");
+        }
+        for s in &self.sets {
+            t += &set_text(s, firmware_dir);
+        }
+        t
+    }
+}
+
+fn state_name(s: &DrySet) -> &'static str {
+    match s.state {
+        SetState::Loaded => "wouldSwap",
+        SetState::NotStored => "notStored",
+        SetState::NoImage => "noImage",
+        SetState::Skipped => "skipped",
+        SetState::Failed => "failed",
+    }
+}
+
+fn module_json(m: &PlannedModule) -> Value {
+    let mut o = json!({
+        "name": m.name,
+        "path": m.path.display().to_string(),
+        "origin": origin(m.origin),
+        "reason": m.reason.to_string(),
+        "required": m.required,
+        "alreadyLoaded": m.already_loaded,
+        "parameters": m.params.iter().map(|p| json!({"value": p.text, "source": p.source.to_string()})).collect::<Vec<_>>(),
+    });
+    if let Some(b) = &m.blacklisted {
+        o["blacklistedBy"] = json!(b.to_string());
+    }
+    o
+}
+
+fn origin(o: Origin) -> &'static str {
+    match o {
+        Origin::Image => "image",
+        Origin::InTree => "node",
+    }
+}
+
+fn set_json(s: &DrySet, firmware_dir: &Path) -> Value {
+    let (config, set) = s.label.split_once('/').unwrap_or((&s.label, ""));
+    let mut o = json!({
+        "config": config,
+        "set": set,
+        "state": state_name(s),
+        "image": s.image,
+        "manifestDigest": s.manifest_digest,
+        "error": s.error,
+    });
+    if let Some(p) = &s.plan {
+        o["unload"] = json!(p.unload);
+        o["firmware"] = match &p.firmware {
+            Some(from) => {
+                json!({"from": from.display().to_string(), "to": firmware_dir.display().to_string()})
+            }
+            None => Value::Null,
+        };
+        o["load"] = p.load.iter().map(module_json).collect();
+        o["rollback"] = p
+            .rollback
+            .iter()
+            .map(|r| match &r.plan {
+                Ok(l) => json!({"module": r.module, "load": l.iter().map(module_json).collect::<Vec<_>>()}),
+                Err(e) => json!({"module": r.module, "error": e}),
+            })
+            .collect();
+        o["notes"] = json!(p.notes);
+    }
+    o
+}
+
+fn module_line(i: usize, m: &PlannedModule) -> String {
+    let mut l = format!(
+        "    {}. {} ({}, {}) {}",
+        i + 1,
+        m.name,
+        m.reason,
+        origin(m.origin),
+        m.path.display()
+    );
+    if m.already_loaded {
+        l += " [already loaded: nothing to do]";
+    }
+    if !m.required {
+        l += " [a failure is only a warning]";
+    }
+    l += "\n";
+    for p in &m.params {
+        l += &format!("         {}   <- {}\n", p.text, p.source);
+    }
+    if let Some(b) = &m.blacklisted {
+        l += &format!("         blacklisted at {b}: loaded anyway, as modprobe loads a module named directly\n");
+    }
+    l
+}
+
+fn set_text(s: &DrySet, firmware_dir: &Path) -> String {
+    let mut t = format!("\n{}: {}", s.label, state_name(s));
+    if let Some(i) = &s.image {
+        t += &format!(" {i}");
+    }
+    if let Some(d) = &s.manifest_digest {
+        t += &format!(" ({d})");
+    }
+    t += "\n";
+    if let Some(e) = &s.error {
+        t += &format!("  error: {e}\n");
+    }
+    let Some(p) = &s.plan else { return t };
+    if p.unload.is_empty() {
+        t += "  unload: nothing\n";
+    } else {
+        t += &format!("  unload: {}\n", p.unload.join(", "));
+    }
+    if let Some(fw) = &p.firmware {
+        t += &format!(
+            "  firmware: copy {} to {}\n",
+            fw.display(),
+            firmware_dir.display()
+        );
+    }
+    t += "  load, in order:\n";
+    for (i, m) in p.load.iter().enumerate() {
+        t += &module_line(i, m);
+    }
+    if !p.rollback.is_empty() {
+        t += "  on failure, the rollback loads back:\n";
+        for r in &p.rollback {
+            match &r.plan {
+                Ok(l) => {
+                    t += &format!("   {}:\n", r.module);
+                    for (i, m) in l.iter().enumerate() {
+                        t += &module_line(i, m);
+                    }
+                }
+                Err(e) => t += &format!("   {}: cannot: {e}\n", r.module),
+            }
+        }
+    }
+    for n in &p.notes {
+        t += &format!("  note: {n}\n");
+    }
+    t
+}
