@@ -301,3 +301,116 @@ fn set_text(s: &DrySet, firmware_dir: &Path) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::KernelModules;
+    use crate::modules_dep::ModuleIndex;
+    use crate::set_plan::{plan_swap, Node, SetInput};
+    use crate::testutil::{FakeKernel, Fixture, KVER};
+
+    /// The plan of an ice set on a node with in-tree ice loaded, and the dry run around it.
+    fn dry(f: &Fixture, k: &FakeKernel) -> (Value, String) {
+        let in_tree = ModuleIndex::in_tree(f.node_dir());
+        let image = ModuleIndex::image(f.image_dir());
+        let modprobe = f.modprobe_config();
+        let (sysfs, fw) = (f.sysfs(), f.firmware_dir());
+        let node = Node {
+            kernel_release: KVER,
+            in_tree: &in_tree,
+            modprobe: &modprobe,
+            sysfs: &sysfs,
+            firmware_dir: &fw,
+        };
+        let mut set = f.set(&["ice"], &["ice"]);
+        set.modules[0].parameters = vec!["debug=1".parse().unwrap()];
+        let state = |n: &str| k.module_state(n);
+        let fw_src = f.image_firmware();
+        let input = SetInput {
+            label: "99-ice/ice",
+            set: &set,
+            image: &image,
+            firmware: Some(&fw_src),
+        };
+        let kver = KernelRelease::new(KVER).unwrap();
+        let dir = f.node_dir();
+        let mut d = DryRun::new(&kver, &dir, KernelView::Running, &modprobe, false);
+        let mut s = DrySet::new("99-ice/ice");
+        s.state = SetState::Loaded;
+        s.image = Some("registry.local/kmod/ice:v1".into());
+        s.plan = Some(plan_swap(&state, node, input).unwrap());
+        d.sets.push(s);
+        (d.to_json(&fw), d.to_text(&fw))
+    }
+
+    #[test]
+    fn the_plan_with_every_parameter_and_its_source() {
+        let f = Fixture::new();
+        f.node_module("dpll", "kernel/dpll.ko.zst", &[]);
+        f.node_module("ice", "kernel/ice.ko.xz", &["dpll"]);
+        f.image_module("ice", "SRC-OOT", &["dpll"]);
+        f.modprobe_d(
+            "etc/modprobe.d/ice.conf",
+            "options ice a=1\nblacklist dpll\nremove ice /bin/true\n",
+        );
+        f.set_cmdline("ice.b=2");
+        let mut k = FakeKernel::new();
+        k.preload("ice", "INTREE-ice");
+        let (j, text) = dry(&f, &k);
+        assert!(k.calls.is_empty(), "a dry run touches nothing");
+        let conf = f.path("etc/modprobe.d/ice.conf").display().to_string();
+        assert_eq!(j["kernelState"], "running");
+        assert_eq!(j["modprobe"]["files"][0], conf.as_str());
+        assert_eq!(j["modprobe"]["options"][1]["source"], "kernel command line");
+        let s = &j["sets"][0];
+        assert_eq!(s["state"], "wouldSwap");
+        assert_eq!(s["unload"], json!(["ice"]));
+        let load = s["load"].as_array().unwrap();
+        let names: Vec<_> = load.iter().map(|m| m["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["dpll", "ice"]);
+        assert_eq!(load[0]["origin"], "node");
+        assert_eq!(load[0]["blacklistedBy"], format!("{conf}:2"));
+        assert_eq!(load[1]["reason"], "configured");
+        assert_eq!(
+            load[1]["parameters"],
+            json!([
+                {"value": "a=1", "source": format!("{conf}:1")},
+                {"value": "b=2", "source": "kernel command line"},
+                {"value": "debug=1", "source": "kmod-day1 config"},
+            ])
+        );
+        let back = &s["rollback"][0];
+        assert_eq!(back["module"], "ice");
+        let back: Vec<_> = back["load"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["parameters"].as_array().unwrap().len(),
+                )
+            })
+            .collect();
+        assert_eq!(back, [("dpll", 0), ("ice", 2)]);
+        assert!(s["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("`remove ice /bin/true` is not run"));
+        assert_eq!(s["firmware"]["to"], f.firmware_dir().display().to_string());
+
+        for want in [
+            "99-ice/ice: wouldSwap registry.local/kmod/ice:v1",
+            "  unload: ice",
+            "    1. dpll (dependency of ice, node)",
+            "    2. ice (configured, image)",
+            "         a=1   <- ",
+            "         debug=1   <- kmod-day1 config",
+            "  on failure, the rollback loads back:",
+            "blacklisted at ",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+    }
+}

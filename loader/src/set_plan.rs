@@ -80,15 +80,24 @@ pub fn plan_swap(
     input: SetInput<'_>,
 ) -> Result<SetPlan, PreflightError> {
     let present = |n: &str| matches!(state(n), Ok(Some(_)));
+    let removal: Vec<String> = input
+        .set
+        .in_tree_modules_to_remove
+        .iter()
+        .map(|m| m.kernel_name())
+        .collect();
+    // What is listed for removal is planned as gone (the loaded module may be the image's
+    // already; that is told below, and again at load time).
+    let kept = |n: &str| present(n) && !removal.iter().any(|r| r == n);
     let planner = Planner {
         image: Some(input.image),
         in_tree: node.in_tree,
         conf: node.modprobe,
         kernel_release: node.kernel_release,
-        present: &present,
+        present: &kept,
     };
     let LoadPlan {
-        modules: load,
+        modules: mut load,
         mut notes,
     } = planner.plan_set(input.set)?;
     let ours: HashMap<&str, &PlannedModule> = load
@@ -100,8 +109,7 @@ pub fn plan_swap(
         state(n).map_err(|e| PreflightError(format!("reading the state of module {n}: {e}")))
     };
     let mut unload: Vec<String> = vec![];
-    for m in &input.set.in_tree_modules_to_remove {
-        let name = m.kernel_name();
+    for name in removal {
         let Some(st) = state(&name)? else {
             debug!(
                 "{}: in-tree {name} is not loaded: nothing to unload",
@@ -152,6 +160,9 @@ pub fn plan_swap(
                 )));
             }
         }
+    }
+    for m in &mut load {
+        m.already_loaded = present(&m.name) && !unload.contains(&m.name);
     }
     // After a failure, what this run loaded is unloaded and what it removed is gone.
     let after = |n: &str| present(n) && !unload.iter().any(|u| u == n);

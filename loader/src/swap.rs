@@ -793,4 +793,104 @@ mod tests {
         assert!(e.contains(&p.display().to_string()), "{e}");
         assert!(k.calls.is_empty(), "preflight catches it: {:?}", k.calls);
     }
+
+    #[test]
+    fn modprobe_options_and_softdeps_apply_to_the_swap_and_the_rollback() {
+        let (f, mut k) = ice_node();
+        f.node_module("pre_x", "kernel/pre_x.ko", &[]);
+        f.modprobe_d(
+            "etc/modprobe.d/ice.conf",
+            "options ice from_conf=1\noptions dpll d=2\nsoftdep ice pre: pre_x\n",
+        );
+        f.set_cmdline("ice.from_cmdline=3");
+        let mut set = f.set(&["ice"], &["ice"]);
+        set.modules[0].parameters = vec!["from_config=4".parse().unwrap()];
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(
+            k.calls,
+            ["unload ice", "load dpll", "load pre_x", "load ice"]
+        );
+        assert_eq!(
+            k.loaded["ice"].params,
+            "from_conf=1 from_cmdline=3 from_config=4"
+        );
+        assert_eq!(k.loaded["dpll"].params, "d=2");
+
+        // A failure: the in-tree ice comes back with its modprobe.d and command-line options
+        // (not the config's parameters, which are the image module's).
+        let (f, mut k) = ice_node();
+        f.node_module("pre_x", "kernel/pre_x.ko", &[]);
+        f.modprobe_d(
+            "etc/modprobe.d/ice.conf",
+            "options ice from_conf=1\nsoftdep ice pre: pre_x\n",
+        );
+        f.set_cmdline("ice.from_cmdline=3");
+        k.fail_load("ice", Errno::ENOEXEC);
+        let mut set = f.set(&["ice"], &["ice"]);
+        set.modules[0].parameters = vec!["from_config=4".parse().unwrap()];
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.rollback, Rollback::Done, "{:?}", r.error);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+        assert_eq!(k.loaded["ice"].params, "from_conf=1 from_cmdline=3");
+        assert!(k.loaded.contains_key("pre_x"), "{:?}", k.calls);
+    }
+
+    #[test]
+    fn a_failing_softdep_is_a_warning_as_with_modprobe() {
+        let (f, mut k) = ice_node();
+        f.node_module("pre_x", "kernel/pre_x.ko", &[]);
+        f.modprobe_d("etc/modprobe.d/ice.conf", "softdep ice pre: pre_x\n");
+        k.fail_load("pre_x", Errno::ENOMEM);
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+        assert!(!k.loaded.contains_key("pre_x"));
+        let names: Vec<_> = r.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["dpll", "ice"]);
+    }
+
+    #[test]
+    fn install_commands_block_loads_but_not_removals() {
+        // `install ice /bin/false` hardens the in-tree ice: removing it is fine, loading the
+        // image's ice is not (modprobe would run /bin/false).
+        let (f, mut k) = ice_node();
+        f.modprobe_d("etc/modprobe.d/harden.conf", "install ice /bin/false\n");
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("harden.conf:1: `install ice /bin/false` applies to ice"),
+            "{e}"
+        );
+        assert!(k.calls.is_empty());
+
+        // Hardening an in-tree module the set only removes: fine, but a rollback cannot load
+        // it back, and says so.
+        let (f, mut k) = ice_node();
+        f.node_module("ice_aux", "kernel/ice_aux.ko", &[]);
+        k.preload("ice_aux", "INTREE-ice_aux");
+        f.modprobe_d("etc/modprobe.d/harden.conf", "install ice_aux /bin/false\n");
+        let set = f.set(&["ice"], &["ice_aux", "ice"]);
+        let r = swap(&f, &mut k, &set, None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(r.removed_in_tree, ["ice_aux", "ice"]);
+
+        let (f, mut k) = ice_node();
+        f.node_module("ice_aux", "kernel/ice_aux.ko", &[]);
+        k.preload("ice_aux", "INTREE-ice_aux");
+        f.modprobe_d("etc/modprobe.d/harden.conf", "install ice_aux /bin/false\n");
+        k.fail_load("ice", Errno::ENOEXEC);
+        let r = swap(&f, &mut k, &set, None);
+        let Rollback::Failed(why) = &r.rollback else {
+            panic!("{:?}", r.rollback)
+        };
+        assert!(
+            why.contains("loading back in-tree ice_aux: preflight")
+                || why.contains("loading back in-tree ice_aux: ")
+                    && why.contains("`install ice_aux /bin/false`"),
+            "{why}"
+        );
+        // ice itself is back.
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+    }
 }

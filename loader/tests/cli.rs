@@ -168,3 +168,47 @@ fn help_reads_like_a_manual() {
         .unwrap()
         .starts_with("kmod-day1-load "));
 }
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let d = node();
+    std::fs::create_dir_all(d.path().join("etc/modprobe.d")).unwrap();
+    std::fs::write(
+        d.path().join("etc/modprobe.d/ice.conf"),
+        "options ice debug=1\nbogus\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("cmdline"), "kmod_day1.disable ice.x=2\n").unwrap();
+    let conf_dir = d.path().join("etc/modprobe.d");
+    let conf_dir = conf_dir.to_str().unwrap();
+    let o = run(
+        d.path(),
+        &["--dry-run", "--json", "--modprobe-dir", conf_dir],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!d.path().join("run/status.json").exists());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["kernelRelease"], "6.1.0-27-amd64");
+    assert_eq!(j["disabledOnCommandLine"], true);
+    assert_eq!(j["sets"][0]["state"], "notStored");
+    assert_eq!(j["modprobe"]["options"][0]["options"], "debug=1");
+    assert_eq!(j["modprobe"]["options"][1]["source"], "kernel command line");
+    assert!(j["modprobe"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("ignoring bad line starting with 'bogus'"));
+
+    let o = run(d.path(), &["--dry-run", "--modprobe-dir", conf_dir]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("nothing is touched"), "{out}");
+    assert!(out.contains("99-ice/ice: notStored"), "{out}");
+    assert!(
+        out.contains("kmod_day1.disable is on the kernel command line"),
+        "{out}"
+    );
+    assert!(!d.path().join("run/status.json").exists());
+
+    let o = run(d.path(), &["--json"]);
+    assert_eq!(o.status.code(), Some(2));
+}
