@@ -30,7 +30,7 @@ pub use node_facts::{
 };
 pub use status::{BootStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION};
 pub use store::{
-    is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord, PullStatus,
+    image_key, is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord, PullStatus,
     RebootGuard, RebootRecord, RefRecord, StoreLayout, STORE_DIR, STORE_VERSION,
 };
 

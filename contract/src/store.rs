@@ -8,10 +8,17 @@
 //!   tmp/                               staging, same filesystem as trees/ for rename(2)
 //!   trees/<tree-id>/modules/...        = <dirName>/lib/modules/<kver>/ of the image
 //!   trees/<tree-id>/firmware/...       = <firmwarePath>/ of the image (when configured)
-//!   refs/<config>/<set>/<kver>.json    RefRecord: image + manifest digest -> tree
+//!   refs/<config>/<set>/<kver>/<image-key>.json
+//!                                      RefRecord: image + manifest digest -> tree, one per
+//!                                      image, so the image a node runs and the one
+//!                                      prestaged for it coexist
+//!   prestaged/<config>.json            a config to come, recorded by the prestage agent
 //!   reboots.json                       RebootGuard: reboots already asked for
 //!   last-pull.json                     PullStatus of the last run of kmod-day1-pull
 //! ```
+//!
+//! Version 1 stores had one ref per kernel, `refs/<config>/<set>/<kver>.json`; readers still
+//! read it, and kmod-day1-pull moves it to the version 2 place.
 //!
 //! A tree is complete before it gets its final name; a ref is written after its tree.
 //! Every write is temp + fsync + rename + fsync(dir), so a reader sees the old or the new
@@ -28,8 +35,19 @@ use crate::{ConfigName, KernelRelease, SetName};
 /// Default store root on the node.
 pub const STORE_DIR: &str = "/var/lib/kmod-day1";
 
-/// Version of the records below.
-pub const STORE_VERSION: u32 = 1;
+/// Version of the records below (2: refs per image; 1 is still read).
+pub const STORE_VERSION: u32 = 2;
+
+/// The file name part of an image's ref: FNV-1a (64 bits, hex) of the image reference.
+/// Not a security boundary: every reader checks the record's `image` too.
+pub fn image_key(image: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in image.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
 
 /// Paths inside a store root.
 #[derive(Debug, Clone)]
@@ -83,12 +101,37 @@ impl StoreLayout {
         self.root.join("refs")
     }
 
-    /// The ref of a module set for a kernel.
-    pub fn ref_file(&self, config: &ConfigName, set: &SetName, kernel: &KernelRelease) -> PathBuf {
+    /// The ref of a module set for a kernel and an image.
+    pub fn ref_file(
+        &self,
+        config: &ConfigName,
+        set: &SetName,
+        kernel: &KernelRelease,
+        image: &str,
+    ) -> PathBuf {
+        self.refs_dir()
+            .join(config.as_str())
+            .join(set.as_str())
+            .join(kernel.as_str())
+            .join(format!("{}.json", image_key(image)))
+    }
+
+    /// Where a version 1 store kept the one ref of a module set for a kernel.
+    pub fn legacy_ref_file(
+        &self,
+        config: &ConfigName,
+        set: &SetName,
+        kernel: &KernelRelease,
+    ) -> PathBuf {
         self.refs_dir()
             .join(config.as_str())
             .join(set.as_str())
             .join(format!("{kernel}.json"))
+    }
+
+    /// Configs recorded by the prestage agent, to come.
+    pub fn prestaged_dir(&self) -> PathBuf {
+        self.root.join("prestaged")
     }
 
     /// The reboot guard.
@@ -101,14 +144,23 @@ impl StoreLayout {
         self.root.join("last-pull.json")
     }
 
-    /// Reads the ref of a module set for a kernel; `None` when there is none.
+    /// Reads the ref of a module set for a kernel and an image, and the file it came from: the
+    /// version 2 one, else a version 1 one for the same image. `None` when there is none.
     pub fn read_ref(
         &self,
         config: &ConfigName,
         set: &SetName,
         kernel: &KernelRelease,
-    ) -> std::io::Result<Option<RefRecord>> {
-        read_json(&self.ref_file(config, set, kernel))
+        image: &str,
+    ) -> std::io::Result<Option<(PathBuf, RefRecord)>> {
+        let current = self.ref_file(config, set, kernel, image);
+        if let Some(r) = read_json::<RefRecord>(&current)? {
+            return Ok(Some((current, r)));
+        }
+        let legacy = self.legacy_ref_file(config, set, kernel);
+        Ok(read_json::<RefRecord>(&legacy)?
+            .filter(|r| r.image == image)
+            .map(|r| (legacy, r)))
     }
 }
 
@@ -121,11 +173,12 @@ pub fn is_valid_tree_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-')
 }
 
-/// `refs/<config>/<set>/<kver>.json`: which tree holds a module set for a kernel.
+/// `refs/<config>/<set>/<kver>/<image-key>.json`: which tree holds a module set's image for a
+/// kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefRecord {
-    /// [`STORE_VERSION`].
+    /// [`STORE_VERSION`] (1 in a ref a version 1 store left).
     pub version: u32,
     /// The image reference the tree was pulled from, after kernel substitution.
     pub image: String,
@@ -268,18 +321,51 @@ mod tests {
     #[test]
     fn layout_paths() {
         let s = StoreLayout::new("/var/lib/kmod-day1");
-        let p = s.ref_file(
-            &ConfigName::new("99-kmod").unwrap(),
-            &SetName::new("e1000").unwrap(),
-            &KernelRelease::new("6.1.0-27-amd64").unwrap(),
+        let (c, set, k) = (
+            ConfigName::new("99-kmod").unwrap(),
+            SetName::new("e1000").unwrap(),
+            KernelRelease::new("6.1.0-27-amd64").unwrap(),
         );
         assert_eq!(
-            p,
+            s.ref_file(&c, &set, &k, "quay.io/acme/e1000:v1"),
+            Path::new("/var/lib/kmod-day1/refs/99-kmod/e1000/6.1.0-27-amd64")
+                .join(format!("{}.json", image_key("quay.io/acme/e1000:v1")))
+        );
+        assert_eq!(image_key("quay.io/acme/e1000:v1").len(), 16);
+        assert_ne!(image_key("quay.io/acme/e1000:v1"), image_key("quay.io/acme/e1000:v2"));
+        assert_eq!(
+            s.legacy_ref_file(&c, &set, &k),
             Path::new("/var/lib/kmod-day1/refs/99-kmod/e1000/6.1.0-27-amd64.json")
         );
         assert!(is_valid_tree_id("0af3"));
         assert!(!is_valid_tree_id("../x"));
         assert!(!is_valid_tree_id(""));
+    }
+
+    #[test]
+    fn refs_per_image_and_version_1_refs_still_read() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StoreLayout::new(d.path());
+        let (c, set, k) = (
+            ConfigName::new("c").unwrap(),
+            SetName::new("s").unwrap(),
+            KernelRelease::new("6.1").unwrap(),
+        );
+        let rec = |image: &str, version| RefRecord {
+            version,
+            image: image.into(),
+            manifest_digest: "sha256:00".into(),
+            tree: "ab".into(),
+            committed_at: 1,
+        };
+        write_json_atomic(&s.legacy_ref_file(&c, &set, &k), &rec("r/x:1", 1)).unwrap();
+        let (path, r) = s.read_ref(&c, &set, &k, "r/x:1").unwrap().unwrap();
+        assert_eq!((path, r.version), (s.legacy_ref_file(&c, &set, &k), 1));
+        assert!(s.read_ref(&c, &set, &k, "r/x:2").unwrap().is_none());
+        write_json_atomic(&s.ref_file(&c, &set, &k, "r/x:2"), &rec("r/x:2", 2)).unwrap();
+        write_json_atomic(&s.ref_file(&c, &set, &k, "r/x:1"), &rec("r/x:1", 2)).unwrap();
+        assert_eq!(s.read_ref(&c, &set, &k, "r/x:2").unwrap().unwrap().1.image, "r/x:2");
+        assert_eq!(s.read_ref(&c, &set, &k, "r/x:1").unwrap().unwrap().1.version, 2);
     }
 
     #[test]

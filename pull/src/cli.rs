@@ -78,6 +78,12 @@ pub struct Cli {
     #[arg(long)]
     pub at_shutdown: bool,
 
+    /// Only check, with no network and no lock, that every set of every config (config.d
+    /// and the prestaged ones) is stored for the running kernel: exit 0 if so, 1 if not (the
+    /// prestage agent's readiness probe).
+    #[arg(long, conflicts_with = "at_shutdown")]
+    pub check_stored: bool,
+
     /// Test hook: with --at-shutdown, do not ask systemd whether it is shutting down.
     #[arg(long, hide = true)]
     pub assume_shutdown: bool,

@@ -147,14 +147,16 @@ impl<'a> Puller<'a> {
     /// The stored ref, if it is for the same image and its tree was extracted with today's
     /// dirName and firmwarePath.
     fn stored_ref(&self, job: &Job) -> Option<RefRecord> {
+        let image = job.image.to_string();
         self.store
             .layout()
-            .read_ref(&job.config, &job.set.name, &job.kernel)
+            .read_ref(&job.config, &job.set.name, &job.kernel, &image)
             .unwrap_or_else(|e| {
                 self.store
-                    .set_aside_ref(&job.config, &job.set.name, &job.kernel, &e);
+                    .set_aside_ref(&job.config, &job.set.name, &job.kernel, &image, &e);
                 None
             })
+            .map(|(_, r)| r)
             .filter(|r| {
                 r.image == job.image.to_string()
                     && r.tree

@@ -75,7 +75,8 @@ pub(crate) async fn pull_round(puller: &mut Puller<'_>, jobs: &[Job]) -> Round {
                 } else {
                     info!(image = %job.image, digest = r.manifest_digest, prefetch = job.prefetch, "unchanged {} ({label})", job.image);
                 }
-                if !job.prefetch {
+                // What the node runs now, for the reboot decision; not a config to come.
+                if !job.prefetch && !job.prestaged {
                     round.running.push(SetOutcome {
                         config: job.config.to_string(),
                         set: job.set.name.to_string(),
@@ -128,6 +129,7 @@ mod tests {
             kernel: KernelRelease::new(K).unwrap(),
             image: ImageRef::parse(&image).unwrap(),
             prefetch,
+            prestaged: false,
         }
     }
 

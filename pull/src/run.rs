@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use kmod_day1_contract::{
-    boot_id, kernel_command_line, kernel_release, load_config_dir, OSRELEASE_FILE,
+    boot_id, kernel_command_line, kernel_release, load_config_dir, KernelRelease, StoreLayout,
+    OSRELEASE_FILE,
 };
 use tracing::{error, info, warn};
 
@@ -16,7 +17,7 @@ use crate::bootable::BootableSources;
 use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::gc::collect_garbage;
-use crate::plan::plan;
+use crate::plan::{plan, Configs};
 use crate::policy::TrustPolicy;
 use crate::puller::Puller;
 use crate::reboot_request::{settle_reboot, RebootVia, Settle};
@@ -63,17 +64,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         Some(k) => k.clone(),
         None => kernel_release(Path::new(OSRELEASE_FILE))?,
     };
-    let (configs, bad) =
-        load_config_dir(&cli.config_dir).map_err(|e| ConfigProblem(e.to_string()))?;
-    for e in &bad {
-        error!("{e}; skipping that file");
-    }
+    let configs = load_configs(cli)?;
     if configs.is_empty() {
-        if !bad.is_empty() {
+        if !configs.bad.is_empty() {
             return Ok(Exit::Config);
         }
         info!(dir = %cli.config_dir.display(), "no config files: nothing to do");
         return Ok(Exit::Ok);
+    }
+    if cli.check_stored {
+        return Ok(check_stored(cli, &configs, &kernel));
     }
     let registries = RegistriesConf::load(&cli.registries_conf)
         .map_err(|e| ConfigProblem(format!("{e}; fix the file")))?;
@@ -89,7 +89,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         modules: &cli.modules_dir,
     }
     .read();
-    let plan = plan(&configs, &bad, &kernel, &bootable, cli.at_shutdown);
+    let plan = plan(&configs, &kernel, &bootable, cli.at_shutdown);
     if cli.at_shutdown && plan.jobs.is_empty() {
         info!("no other kernel to boot next: nothing to do");
         return Ok(Exit::Ok);
@@ -97,12 +97,17 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
 
     let store = Store::open_locked(&cli.store, cli.budget())?;
     store.clean_tmp()?;
+    match store.upgrade_refs() {
+        Ok(0) => {}
+        Ok(n) => info!(refs = n, "upgraded the store's refs to format version 2"),
+        Err(e) => warn!("upgrading the store's refs (the loader still reads the old ones): {e}"),
+    }
     let mut puller = Puller::new(&store, &registries, &trust, cli);
     if cli.at_shutdown {
         puller = puller.missing_only();
     }
     let round = pull_round(&mut puller, &plan.jobs).await;
-    collect_garbage(&store, &plan);
+    collect_garbage(&store, &plan, &configs);
 
     let boot_id = boot_id(&cli.boot_id)
         .inspect_err(|e| warn!("{e}; no reboot this run"))
@@ -129,4 +134,59 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         "done"
     );
     Ok(exit)
+}
+
+/// The configs of `config.d` and the prestaged ones in the store; bad files are logged and
+/// counted, a directory that cannot be read is a [`ConfigProblem`].
+fn load_configs(cli: &Cli) -> anyhow::Result<Configs> {
+    let (current, mut bad) =
+        load_config_dir(&cli.config_dir).map_err(|e| ConfigProblem(e.to_string()))?;
+    let prestaged_dir = StoreLayout::new(&cli.store).prestaged_dir();
+    let (prestaged, bad_prestaged) =
+        load_config_dir(&prestaged_dir).map_err(|e| ConfigProblem(e.to_string()))?;
+    bad.extend(bad_prestaged);
+    for e in &bad {
+        error!("{e}; skipping that file");
+    }
+    Ok(Configs {
+        current,
+        prestaged,
+        bad,
+    })
+}
+
+/// `--check-stored`: whether every set of every config has its image for `kernel` in the
+/// store (read only: no lock, no network). One line per set.
+fn check_stored(cli: &Cli, configs: &Configs, kernel: &KernelRelease) -> Exit {
+    let layout = StoreLayout::new(&cli.store);
+    let mut missing = 0;
+    for c in configs.current.iter().chain(&configs.prestaged) {
+        for set in &c.config.module_sets {
+            let image = match set.image_for(kernel) {
+                Ok(Some(i)) => i.to_string(),
+                Ok(None) => continue,
+                Err(e) => {
+                    error!(config = %c.name, set = %set.name, "{e}");
+                    missing += 1;
+                    continue;
+                }
+            };
+            let stored = layout
+                .read_ref(&c.name, &set.name, kernel, &image)
+                .ok()
+                .flatten()
+                .is_some_and(|(_, r)| layout.tree_modules(&r.tree).is_dir());
+            if stored {
+                info!("stored: {}/{} {image} for {kernel}", c.name, set.name);
+            } else {
+                info!("not stored: {}/{} {image} for {kernel}", c.name, set.name);
+                missing += 1;
+            }
+        }
+    }
+    if missing == 0 && configs.bad.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::PullFailed
+    }
 }

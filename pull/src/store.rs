@@ -110,9 +110,10 @@ impl Store {
         config: &ConfigName,
         set: &SetName,
         kernel: &KernelRelease,
+        image: &str,
         why: &io::Error,
     ) {
-        let from = self.layout.ref_file(config, set, kernel);
+        let from = self.layout.ref_file(config, set, kernel, image);
         let dir = self.layout.root().join("corrupt");
         let to = dir.join(format!("ref-{config}-{set}-{kernel}.json"));
         match fs::create_dir_all(&dir).and_then(|()| fs::rename(&from, &to)) {
@@ -173,7 +174,7 @@ impl Store {
         sync_dir(&self.layout.trees_dir()).map_err(ctx("syncing", &self.layout.trees_dir()))
     }
 
-    /// Writes a ref atomically.
+    /// Writes a ref atomically, at its image's place.
     pub fn write_ref(
         &self,
         config: &ConfigName,
@@ -181,62 +182,119 @@ impl Store {
         kernel: &KernelRelease,
         rec: &RefRecord,
     ) -> io::Result<()> {
-        let path = self.layout.ref_file(config, set, kernel);
+        let path = self.layout.ref_file(config, set, kernel, &rec.image);
         write_json_atomic(&path, rec).map_err(ctx("writing", &path))?;
-        // A new per-config or per-set directory must be durable too.
-        if let Some(set_dir) = path.parent() {
-            if let Some(cfg_dir) = set_dir.parent() {
-                sync_dir(cfg_dir)?;
-                sync_dir(&self.layout.refs_dir())?;
+        // New per-kernel, per-set or per-config directories must be durable too.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            sync_dir(d)?;
+            if d == self.layout.refs_dir() {
+                break;
             }
+            dir = d.parent();
         }
         Ok(())
     }
 
-    /// Removes the refs of configs that are gone (only when `configs` is not empty: an empty
-    /// or wrong config directory must not wipe the store) and every tree no ref points at.
-    /// Returns the trees removed.
-    ///
-    /// With `kernels` (the running kernel and every boot entry's, when the boot entries
-    /// could be read), the refs of other kernels go too: no boot can use them any more.
-    pub fn gc(
-        &self,
-        configs: &BTreeSet<String>,
-        kernels: Option<&BTreeSet<String>>,
-    ) -> io::Result<Vec<String>> {
-        let refs = self.layout.refs_dir();
-        let mut keep = BTreeSet::new();
-        for cfg in read_dir_names(&refs)? {
-            let cfg_dir = refs.join(&cfg);
-            if !configs.is_empty() && !configs.contains(&cfg) {
-                info!(
-                    config = cfg,
-                    "removing the refs of a config that no longer exists"
-                );
-                fs::remove_dir_all(&cfg_dir).map_err(ctx("removing", &cfg_dir))?;
+    /// Moves every version 1 ref (`refs/<config>/<set>/<kver>.json`) to its version 2 place
+    /// (`refs/<config>/<set>/<kver>/<image-key>.json`): the new one is written first, then the
+    /// old one removed, so a crash leaves at least one the loader reads. Returns how many.
+    pub fn upgrade_refs(&self) -> io::Result<usize> {
+        let mut moved = 0;
+        for entry in self.ref_entries()? {
+            let RefEntry {
+                legacy: true,
+                record: Some(rec),
+                ..
+            } = &entry
+            else {
                 continue;
+            };
+            let (Ok(c), Ok(set), Ok(k)) = (
+                ConfigName::new(&entry.config),
+                SetName::new(&entry.set),
+                KernelRelease::new(&entry.kernel),
+            ) else {
+                continue;
+            };
+            let upgraded = RefRecord {
+                version: kmod_day1_contract::STORE_VERSION,
+                ..rec.clone()
+            };
+            self.write_ref(&c, &set, &k, &upgraded)?;
+            fs::remove_file(&entry.path).map_err(ctx("removing", &entry.path))?;
+            if let Some(d) = entry.path.parent() {
+                sync_dir(d)?;
             }
-            for set in read_dir_names(&cfg_dir)? {
-                for r in read_dir_names(&cfg_dir.join(&set))? {
-                    let p = cfg_dir.join(&set).join(&r);
-                    let kernel = r.strip_suffix(".json").unwrap_or(&r);
-                    if kernels.is_some_and(|k| !k.contains(kernel)) {
-                        info!(
-                            config = cfg,
-                            set, kernel, "removing the ref of a kernel no boot entry names"
-                        );
-                        fs::remove_file(&p).map_err(ctx("removing", &p))?;
-                        sync_dir(&cfg_dir.join(&set))?;
-                        continue;
-                    }
-                    match read_json::<RefRecord>(&p) {
-                        Ok(Some(rec)) => {
-                            keep.insert(rec.tree);
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// Every ref file, version 1 and 2, with its record (`None`: unreadable, reported).
+    pub fn ref_entries(&self) -> io::Result<Vec<RefEntry>> {
+        let refs = self.layout.refs_dir();
+        let mut out = vec![];
+        let read = |path: PathBuf| match read_json::<RefRecord>(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(path = %path.display(), "unreadable ref: {e}");
+                None
+            }
+        };
+        for config in read_dir_names(&refs)? {
+            for set in read_dir_names(&refs.join(&config))? {
+                let set_dir = refs.join(&config).join(&set);
+                for name in read_dir_names(&set_dir)? {
+                    let p = set_dir.join(&name);
+                    if let Some(kernel) = name.strip_suffix(".json") {
+                        out.push(RefEntry {
+                            config: config.clone(),
+                            set: set.clone(),
+                            kernel: kernel.to_owned(),
+                            record: read(p.clone()),
+                            path: p,
+                            legacy: true,
+                        });
+                    } else if p.is_dir() {
+                        for file in read_dir_names(&p)? {
+                            let f = p.join(&file);
+                            out.push(RefEntry {
+                                config: config.clone(),
+                                set: set.clone(),
+                                kernel: name.clone(),
+                                record: read(f.clone()),
+                                path: f,
+                                legacy: false,
+                            });
                         }
-                        Ok(None) => {}
-                        Err(e) => warn!(path = %p.display(), "unreadable ref: {e}"),
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every ref `doomed` gives a reason for (logged), then every tree no remaining
+    /// ref points at. Returns the trees removed.
+    pub fn gc(&self, doomed: impl Fn(&RefEntry) -> Option<String>) -> io::Result<Vec<String>> {
+        let mut keep = BTreeSet::new();
+        for entry in self.ref_entries()? {
+            if let Some(why) = doomed(&entry) {
+                info!(
+                    config = entry.config,
+                    set = entry.set,
+                    kernel = entry.kernel,
+                    "removing a ref: {why}"
+                );
+                fs::remove_file(&entry.path).map_err(ctx("removing", &entry.path))?;
+                if let Some(d) = entry.path.parent() {
+                    sync_dir(d)?;
+                }
+                continue;
+            }
+            if let Some(rec) = entry.record {
+                keep.insert(rec.tree);
             }
         }
         let mut removed = vec![];
@@ -254,6 +312,23 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// One ref file of the store.
+#[derive(Debug, Clone)]
+pub struct RefEntry {
+    /// Its config's name.
+    pub config: String,
+    /// Its module set's name.
+    pub set: String,
+    /// The kernel it is for.
+    pub kernel: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Its record, if it could be read.
+    pub record: Option<RefRecord>,
+    /// A version 1 ref (`<kver>.json`).
+    pub legacy: bool,
 }
 
 /// Polls for the lock until `wait` has passed: a run never blocks for ever behind another
@@ -344,25 +419,44 @@ mod tests {
         s.write_ref(&c, &set, &k, &rec("bb")).unwrap();
         let gone = ConfigName::new("gone").unwrap();
         s.write_ref(&gone, &set, &k, &rec("aa")).unwrap();
-        // With no config files known, nothing is pruned by config.
-        assert!(s.gc(&BTreeSet::new(), None).unwrap().is_empty());
-        let removed = s.gc(&["c".to_owned()].into(), None).unwrap();
+        assert!(s.gc(|_| None).unwrap().is_empty());
+        let removed = s
+            .gc(|e| (e.config == "gone").then(|| "gone".to_string()))
+            .unwrap();
         assert_eq!(removed, ["aa"]);
         assert!(s.has_tree("bb"));
-        assert!(!s.layout().refs_dir().join("gone").exists());
         assert_eq!(fs::read_dir(s.layout().tmp_dir()).unwrap().count(), 0);
-        // A kernel no boot entry names any more: its ref and tree go.
-        let kept: BTreeSet<String> = ["6.1".to_owned()].into();
         assert!(s
-            .gc(&["c".to_owned()].into(), Some(&kept))
+            .layout()
+            .read_ref(&c, &set, &k, "r/x:1")
             .unwrap()
-            .is_empty());
-        let other: BTreeSet<String> = ["6.2".to_owned()].into();
-        assert_eq!(
-            s.gc(&["c".to_owned()].into(), Some(&other)).unwrap(),
-            ["bb"]
+            .is_some());
+    }
+
+    #[test]
+    fn version_1_refs_are_upgraded_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open_locked(d.path(), Duration::ZERO).unwrap();
+        let (c, set, k) = (
+            ConfigName::new("c").unwrap(),
+            SetName::new("s").unwrap(),
+            KernelRelease::new("6.1").unwrap(),
         );
-        assert!(s.layout().read_ref(&c, &set, &k).unwrap().is_none());
+        let legacy = s.layout().legacy_ref_file(&c, &set, &k);
+        write_json_atomic(
+            &legacy,
+            &RefRecord {
+                version: 1,
+                ..rec("aa")
+            },
+        )
+        .unwrap();
+        assert_eq!(s.upgrade_refs().unwrap(), 1);
+        assert!(!legacy.exists());
+        let (path, r) = s.layout().read_ref(&c, &set, &k, "r/x:1").unwrap().unwrap();
+        assert_eq!(path, s.layout().ref_file(&c, &set, &k, "r/x:1"));
+        assert_eq!((r.version, r.tree.as_str()), (STORE_VERSION, "aa"));
+        assert_eq!(s.upgrade_refs().unwrap(), 0);
     }
 
     #[test]

@@ -248,7 +248,7 @@ fn a_corrupt_ref_is_set_aside_and_rebuilt() {
     let reg = Registry::start().unwrap();
     let (node, digest) = setup(&reg);
     node.run(30).expect(0).says("committed");
-    let ref_file = node.store().join(format!("refs/99-kmod/e1000/{K}.json"));
+    let ref_file = node.ref_files(K).pop().unwrap();
     std::fs::write(&ref_file, "{ torn by a power cut").unwrap();
     node.run(30).expect(0).says("set aside").says("committed");
     assert_committed(&node, &digest, "oot-1");
@@ -688,7 +688,7 @@ fn prefetches_boot_entry_kernels_without_reboot() {
         format!("linux /vmlinuz-{K}\n"),
     )
     .unwrap();
-    node.run(10).expect(0).says("no boot entry names");
+    node.run(10).expect(0).says("no boot can use its kernel");
     assert!(node.ref_record(K2).is_none());
     assert_eq!(node.names("trees"), [node.ref_record(K).unwrap().tree]);
 }
@@ -765,6 +765,79 @@ fn the_stop_step_fetches_a_staged_deployments_kernel_and_never_reboots() {
     // The boot-time pull keeps the staged kernel's ref (garbage collection knows it).
     node.run(30).expect(0);
     assert!(node.ref_record(K2).is_some());
+}
+
+#[test]
+fn a_prestaged_image_coexists_with_the_running_one_until_its_config_lands() {
+    let reg = Registry::start().unwrap();
+    let (node, d1) = setup(&reg);
+    node.run(30).expect(0).says("committed");
+    // The prestage agent records the config to come: the same config, image v2.
+    let d2 = reg.push_image(REPO, "v2", &kmod_image(K, "oot-2"));
+    let v2 = format!(
+        r#"{{"version": 1, "moduleSets": [{{"name": "e1000", "image": "{}/{REPO}:v2", "modules": [{{"name": "e1000"}}], "pullSecret": "{}"}}]}}"#,
+        reg.host(),
+        node.path("auth.json").display()
+    );
+    std::fs::create_dir_all(node.store().join("prestaged")).unwrap();
+    std::fs::write(node.store().join("prestaged/99-kmod.json"), &v2).unwrap();
+    let check = || node.command(30).arg("--check-stored").output().unwrap();
+    common::Run::from(check())
+        .expect(1)
+        .says("not stored: 99-kmod/e1000");
+    node.loader_status(SetState::Loaded);
+    node.command(30).arg("--no-reboot").output().unwrap();
+    common::Run::from(check()).expect(0);
+    // Both images are stored side by side; the running one is untouched.
+    let digests: Vec<String> = node
+        .ref_files(K)
+        .iter()
+        .map(|p| {
+            kmod_day1_contract::read_json::<kmod_day1_contract::RefRecord>(p)
+                .unwrap()
+                .unwrap()
+                .manifest_digest
+        })
+        .collect();
+    assert_eq!(digests.len(), 2, "{digests:?}");
+    assert!(digests.contains(&d1) && digests.contains(&d2));
+    // An unrelated reboot before the MachineConfig: the node's pull keeps both.
+    node.run(30).expect(0);
+    assert_eq!(node.ref_files(K).len(), 2);
+    assert!(!node.rebooted());
+    // The MachineConfig lands: v1 goes, the prestaged record too.
+    std::fs::write(node.path("config.d/99-kmod.json"), &v2).unwrap();
+    node.run(30).expect(0).says("landed");
+    assert_eq!(node.ref_files(K).len(), 1);
+    assert_eq!(node.ref_record(K).unwrap().manifest_digest, d2);
+    assert!(!node.store().join("prestaged/99-kmod.json").exists());
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_without_a_download() {
+    let reg = Registry::start().unwrap();
+    let (node, digest) = setup(&reg);
+    node.run(30).expect(0).says("committed");
+    // Put the ref back where a version 1 store kept it.
+    let v2 = node.ref_files(K).pop().unwrap();
+    let mut rec: kmod_day1_contract::RefRecord =
+        kmod_day1_contract::read_json(&v2).unwrap().unwrap();
+    rec.version = 1;
+    let legacy = node.store().join(format!("refs/99-kmod/e1000/{K}.json"));
+    kmod_day1_contract::write_json_atomic(&legacy, &rec).unwrap();
+    std::fs::remove_dir_all(v2.parent().unwrap()).unwrap();
+    reg.clear_requests();
+    node.run(30)
+        .expect(0)
+        .says("upgraded the store's refs")
+        .says("unchanged");
+    assert_eq!(reg.blob_gets(), 0);
+    assert!(!legacy.exists());
+    assert_eq!(
+        node.ref_record(K).unwrap().version,
+        kmod_day1_contract::STORE_VERSION
+    );
+    assert_committed(&node, &digest, "oot-1");
 }
 
 #[test]

@@ -24,7 +24,14 @@ impl Node {
         let n = Self {
             dir: tempfile::tempdir().unwrap(),
         };
-        for d in ["config.d", "store", "entries", "certs.d", "ostree-deploy", "modules"] {
+        for d in [
+            "config.d",
+            "store",
+            "entries",
+            "certs.d",
+            "ostree-deploy",
+            "modules",
+        ] {
             std::fs::create_dir_all(n.path(d)).unwrap();
         }
         std::fs::write(n.path("boot_id"), "b1\n").unwrap();
@@ -152,13 +159,23 @@ impl Node {
         Run::from(out)
     }
 
+    /// The ref of set `99-kmod/e1000` for `kernel` (the latest committed when the store
+    /// holds several images).
     pub fn ref_record(&self, kernel: &str) -> Option<RefRecord> {
-        read_json(
-            &self
-                .store()
-                .join(format!("refs/99-kmod/e1000/{kernel}.json")),
-        )
-        .unwrap()
+        self.ref_files(kernel)
+            .iter()
+            .map(|p| read_json::<RefRecord>(p).unwrap().unwrap())
+            .max_by_key(|r| r.committed_at)
+    }
+
+    /// The ref files of set `99-kmod/e1000` for `kernel` (one per image).
+    pub fn ref_files(&self, kernel: &str) -> Vec<PathBuf> {
+        let dir = self.store().join(format!("refs/99-kmod/e1000/{kernel}"));
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn last_pull(&self) -> PullStatus {
