@@ -30,8 +30,8 @@ pub use node_facts::{
 };
 pub use status::{BootStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION};
 pub use store::{
-    image_key, is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord, PullStatus,
-    RebootGuard, RebootRecord, RefRecord, StoreLayout, STORE_DIR, STORE_VERSION,
+    image_key, is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord,
+    PullStatus, RebootGuard, RebootRecord, RefRecord, StoreLayout, STORE_DIR, STORE_VERSION,
 };
 
 /// A value that breaks the rules for its kind.
