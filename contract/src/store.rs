@@ -332,7 +332,10 @@ mod tests {
                 .join(format!("{}.json", image_key("quay.io/acme/e1000:v1")))
         );
         assert_eq!(image_key("quay.io/acme/e1000:v1").len(), 16);
-        assert_ne!(image_key("quay.io/acme/e1000:v1"), image_key("quay.io/acme/e1000:v2"));
+        assert_ne!(
+            image_key("quay.io/acme/e1000:v1"),
+            image_key("quay.io/acme/e1000:v2")
+        );
         assert_eq!(
             s.legacy_ref_file(&c, &set, &k),
             Path::new("/var/lib/kmod-day1/refs/99-kmod/e1000/6.1.0-27-amd64.json")
@@ -364,8 +367,18 @@ mod tests {
         assert!(s.read_ref(&c, &set, &k, "r/x:2").unwrap().is_none());
         write_json_atomic(&s.ref_file(&c, &set, &k, "r/x:2"), &rec("r/x:2", 2)).unwrap();
         write_json_atomic(&s.ref_file(&c, &set, &k, "r/x:1"), &rec("r/x:1", 2)).unwrap();
-        assert_eq!(s.read_ref(&c, &set, &k, "r/x:2").unwrap().unwrap().1.image, "r/x:2");
-        assert_eq!(s.read_ref(&c, &set, &k, "r/x:1").unwrap().unwrap().1.version, 2);
+        assert_eq!(
+            s.read_ref(&c, &set, &k, "r/x:2").unwrap().unwrap().1.image,
+            "r/x:2"
+        );
+        assert_eq!(
+            s.read_ref(&c, &set, &k, "r/x:1")
+                .unwrap()
+                .unwrap()
+                .1
+                .version,
+            2
+        );
     }
 
     #[test]
