@@ -15,14 +15,19 @@
 
 mod cli;
 mod decompress;
+mod dry_run;
 mod duration;
 mod exit;
 mod firmware;
+mod fnmatch;
+mod kcmdline;
 mod kernel;
 mod kmsg;
 mod modinfo;
+mod modprobe_conf;
 mod modules_dep;
 mod plan;
+mod set_plan;
 mod swap;
 #[cfg(test)]
 mod testutil;
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
-    boot_id, is_valid_tree_id, kernel_command_line, kernel_release, load_config_dir,
+    boot_id, is_valid_tree_id, kernel_command_line_text, kernel_release, load_config_dir,
     write_json_atomic, BootStatus, EscapeHatches, KernelRelease, LoadedConfig, ModuleSet,
     ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
     CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR,
@@ -42,12 +47,16 @@ use kmod_day1_contract::{
 use tracing::{error, info, warn, Level};
 
 use crate::cli::{parse_args, Command, HELP};
+use crate::dry_run::{DryRun, DrySet, KernelView};
 use crate::duration::{micros, ms};
 use crate::exit::Exit;
+use crate::kcmdline::ModuleCmdline;
 use crate::kernel::KernelModules;
 use crate::kernel::LinuxKernel;
+use crate::modprobe_conf::{ModprobeConfig, MODPROBE_DIRS};
 use crate::modules_dep::ModuleIndex;
-use crate::swap::{swap_set, Node, Rollback, SetInput};
+use crate::set_plan::{plan_swap, Node, SetInput};
+use crate::swap::{swap_set, Rollback};
 
 /// Parses the command line, runs against the running kernel and returns the process exit
 /// status. Usage errors go to stderr as they are; after parsing, every line goes through
@@ -108,6 +117,12 @@ struct Options {
     kmsg: PathBuf,
     /// `--boot-id-file`: this boot's id, for the status file.
     boot_id_file: PathBuf,
+    /// `--modprobe-dir` (repeated): the modprobe.d directories, in kmod's order.
+    modprobe_dirs: Vec<PathBuf>,
+    /// `--dry-run`: print the plan, touch nothing, write no status.
+    dry_run: bool,
+    /// `--json`: the dry run's plan as JSON.
+    json: bool,
     /// `--verbose`: log debug lines too.
     verbose: bool,
 }
@@ -125,6 +140,9 @@ impl Default for Options {
             firmware_dir: "/var/lib/firmware".into(),
             kmsg: "/dev/kmsg".into(),
             boot_id_file: BOOT_ID_FILE.into(),
+            modprobe_dirs: MODPROBE_DIRS.iter().map(PathBuf::from).collect(),
+            dry_run: false,
+            json: false,
             verbose: false,
         }
     }
@@ -135,22 +153,28 @@ impl Default for Options {
 fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     let started = Instant::now();
     // Without the command line, kmod_day1.disable cannot be ruled out: touch nothing.
-    let hatches = kernel_command_line(&opts.cmdline)
+    let cmdline = kernel_command_line_text(&opts.cmdline)
         .map_err(|e| anyhow!("{e}; doing nothing this boot, as with kmod_day1.disable"))?;
-    if hatches.disabled {
+    let hatches = EscapeHatches::parse(&cmdline);
+    if hatches.disabled && !opts.dry_run {
         info!("kmod_day1.disable is on the kernel command line: doing nothing this boot");
         return Ok(Exit::Ok);
     }
+    let running = || kernel_release(Path::new(OSRELEASE_FILE));
     let kver = match &opts.kernel_release {
         Some(r) => KernelRelease::new(r).context("checking the kernel release")?,
-        None => kernel_release(Path::new(OSRELEASE_FILE))?,
+        None => running()?,
     };
     // Only the pull's reboot decision needs the boot id: without it the pull cannot match
     // this status to this boot and does not reboot, but the swap itself can go on.
-    let boot_id = boot_id(&opts.boot_id_file).unwrap_or_else(|e| {
-        warn!("{e}; the status gets an empty boot id, so kmod-day1-pull will not reboot; swapping goes on");
+    let boot_id = if opts.dry_run {
         String::new()
-    });
+    } else {
+        boot_id(&opts.boot_id_file).unwrap_or_else(|e| {
+            warn!("{e}; the status gets an empty boot id, so kmod-day1-pull will not reboot; swapping goes on");
+            String::new()
+        })
+    };
     let (configs, bad) = load_config_dir(&opts.config_dir)
         .with_context(|| format!("reading the config directory {}", opts.config_dir.display()))?;
     let mut exit = Exit::Ok;
@@ -163,14 +187,42 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     if configs.is_empty() {
         info!("no config in {}: nothing to do", opts.config_dir.display());
     }
-    let in_tree = ModuleIndex::in_tree(opts.modules_root.join(kver.as_str()));
+    let node_dir = opts.modules_root.join(kver.as_str());
+    let in_tree = ModuleIndex::in_tree(&node_dir);
+    let modprobe = ModprobeConfig::read(
+        &opts.modprobe_dirs,
+        &node_dir,
+        &ModuleCmdline::parse(&cmdline),
+    );
+    for w in &modprobe.warnings {
+        warn!("modprobe configuration: {w} (as modprobe, going on)");
+    }
     let node = Node {
         kernel_release: kver.as_str(),
         in_tree: &in_tree,
+        modprobe: &modprobe,
         sysfs: &opts.sysfs,
         firmware_dir: &opts.firmware_dir,
     };
     let store = StoreLayout::new(&opts.store);
+    if opts.dry_run {
+        // The live kernel's state only when planning for the running kernel.
+        let view = match running() {
+            Ok(r) if r == kver => KernelView::Running,
+            _ => KernelView::FreshBoot,
+        };
+        let mut dry = DryRun::new(&kver, &node_dir, view, &modprobe, hatches.disabled);
+        dry.errors = errors;
+        for c in &configs {
+            for set in &c.config.module_sets {
+                let (d, set_exit) = dry_run_set(k, view, node, &store, &hatches, c, set, &kver);
+                exit = exit.max(set_exit);
+                dry.sets.push(d);
+            }
+        }
+        dry.print(opts.json, &opts.firmware_dir);
+        return Ok(exit);
+    }
     let mut sets = vec![];
     for c in &configs {
         for set in &c.config.module_sets {
@@ -202,6 +254,60 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         exit.code(),
     );
     Ok(exit)
+}
+
+/// One module set in a dry run: the plan the real run would execute, from the same planner.
+#[allow(clippy::too_many_arguments)]
+fn dry_run_set(
+    k: &dyn KernelModules,
+    view: KernelView,
+    node: Node<'_>,
+    store: &StoreLayout,
+    hatches: &EscapeHatches,
+    cfg: &LoadedConfig,
+    set: &ModuleSet,
+    kver: &KernelRelease,
+) -> (DrySet, Exit) {
+    let label = format!("{}/{}", cfg.name, set.name);
+    let mut d = DrySet::new(&label);
+    let settled = |mut d: DrySet, o: SetOutcome| {
+        d.state = o.state;
+        d.error = o.error;
+        (d, o.exit)
+    };
+    let stored = match stored_ref(store, hatches, cfg, set, kver, &label) {
+        Ok(s) => s,
+        Err(o) => return settled(d, o),
+    };
+    d.image = Some(stored.record.image.clone());
+    d.manifest_digest = Some(stored.record.manifest_digest.clone());
+    let tree = match stored_tree(store, set, &label, &stored) {
+        Ok(t) => t,
+        Err(o) => return settled(d, o),
+    };
+    let image = ModuleIndex::image(&tree.modules);
+    let state = |n: &str| match view {
+        KernelView::Running => k.module_state(n),
+        KernelView::FreshBoot => Ok(None),
+    };
+    let input = SetInput {
+        label: &label,
+        set,
+        image: &image,
+        firmware: tree.firmware.as_deref(),
+    };
+    match plan_swap(&state, node, input) {
+        Ok(plan) => {
+            d.state = SetState::Loaded;
+            d.plan = Some(plan);
+            (d, Exit::Ok)
+        }
+        Err(e) => {
+            d.state = SetState::Failed;
+            d.error = Some(e.to_string());
+            (d, Exit::Failed)
+        }
+    }
 }
 
 /// What became of one module set in this run.
@@ -361,6 +467,46 @@ fn stored_ref(
     }
 }
 
+/// A stored tree's modules and firmware directories.
+struct StoredTree {
+    modules: PathBuf,
+    firmware: Option<PathBuf>,
+}
+
+/// The tree a ref points at, if the store has it; `Err` is the set's outcome when not.
+fn stored_tree(
+    store: &StoreLayout,
+    set: &ModuleSet,
+    label: &str,
+    stored: &StoredRef,
+) -> Result<StoredTree, SetOutcome> {
+    let r = &stored.record;
+    let modules = store.tree_modules(&r.tree);
+    if !is_valid_tree_id(&r.tree) || !modules.is_dir() {
+        let e = format!(
+            "the ref {} points at tree {:?}, which is not in the store; kmod-day1-pull will fetch it again",
+            stored.file.display(),
+            r.tree
+        );
+        error!("{label}: {e}");
+        return Err(SetOutcome::without_swap(
+            SetState::Failed,
+            Some(e),
+            Exit::Failed,
+        ));
+    }
+    let fw_dir = store.tree_firmware(&r.tree);
+    let firmware = match &set.firmware_path {
+        Some(_) if fw_dir.is_dir() => Some(fw_dir),
+        Some(p) => {
+            warn!("{label}: firmwarePath {p} is set but the stored tree has no firmware");
+            None
+        }
+        None => None,
+    };
+    Ok(StoredTree { modules, firmware })
+}
+
 /// Swaps in the tree a ref points at, if the store has it.
 fn swap_stored(
     k: &mut dyn KernelModules,
@@ -370,31 +516,16 @@ fn swap_stored(
     label: &str,
     stored: &StoredRef,
 ) -> SetOutcome {
-    let r = &stored.record;
-    let tree_modules = store.tree_modules(&r.tree);
-    if !is_valid_tree_id(&r.tree) || !tree_modules.is_dir() {
-        let e = format!(
-            "the ref {} points at tree {:?}, which is not in the store; kmod-day1-pull will fetch it again",
-            stored.file.display(),
-            r.tree
-        );
-        error!("{label}: {e}");
-        return SetOutcome::without_swap(SetState::Failed, Some(e), Exit::Failed);
-    }
-    let fw_dir = store.tree_firmware(&r.tree);
-    let firmware = match &set.firmware_path {
-        Some(_) if fw_dir.is_dir() => Some(fw_dir.as_path()),
-        Some(p) => {
-            warn!("{label}: firmwarePath {p} is set but the stored tree has no firmware");
-            None
-        }
-        None => None,
+    let tree = match stored_tree(store, set, label, stored) {
+        Ok(t) => t,
+        Err(settled) => return settled,
     };
+    let r = &stored.record;
     info!(
         "{label}: swapping in {} ({}) for kernel {}",
         r.image, r.manifest_digest, node.kernel_release
     );
-    let image = ModuleIndex::image(tree_modules);
+    let image = ModuleIndex::image(&tree.modules);
     let swap = swap_set(
         k,
         node,
@@ -402,7 +533,7 @@ fn swap_stored(
             label,
             set,
             image: &image,
-            firmware,
+            firmware: tree.firmware.as_deref(),
         },
     );
     let exit = match (&swap.rollback, swap.state) {
@@ -442,6 +573,9 @@ mod tests {
             firmware_dir: f.firmware_dir(),
             kmsg: f.path("kmsg"),
             boot_id_file: f.path("boot_id"),
+            modprobe_dirs: f.modprobe_dirs(),
+            dry_run: false,
+            json: false,
             verbose: false,
         }
     }
