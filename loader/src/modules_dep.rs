@@ -250,7 +250,10 @@ impl ModuleIndex {
             let Some((module, value)) = entry.split_once(".alias=") else {
                 continue;
             };
-            if crate::fnmatch::fnmatch(value, name) && !out.iter().any(|m| m == module) {
+            let Some(value) = crate::kcmdline::underscores(value) else {
+                continue;
+            };
+            if crate::fnmatch::fnmatch(&value, name) && !out.iter().any(|m| m == module) {
                 out.push(module.replace('-', "_"));
             }
         }
@@ -264,19 +267,21 @@ fn read_text(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The modules of the `alias PATTERN MODULE` lines whose pattern matches `name`.
+/// The modules of the `alias PATTERN MODULE` lines whose pattern matches `name`. depmod
+/// writes the `.bin` index kmod reads with normalized patterns (`-` as `_` outside
+/// brackets), so they are normalized here too; a pattern twice for one module counts once.
 fn alias_matches(text: &str, name: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_ascii_whitespace();
-            match (w.next(), w.next(), w.next()) {
-                (Some("alias"), Some(pattern), Some(module))
-                    if crate::fnmatch::fnmatch(pattern, name) =>
-                {
-                    Some(module.replace('-', "_"))
-                }
-                _ => None,
-            }
+            let (Some("alias"), Some(pattern), Some(module)) = (w.next(), w.next(), w.next())
+            else {
+                return None;
+            };
+            let pattern = crate::kcmdline::underscores(pattern)?;
+            (crate::fnmatch::fnmatch(&pattern, name) && seen.insert((pattern, module)))
+                .then(|| module.replace('-', "_"))
         })
         .collect()
 }
@@ -411,7 +416,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("modules.alias"),
-            "# Aliases extracted from modules themselves.\nalias crc32c crc32c_intel\nalias pci:v00008086d*sv* e1000e\nalias crc32c crc32c-generic\n",
+            "# Aliases extracted from modules themselves.\nalias crc32c crc32c_intel\nalias pci:v00008086d*sv* e1000e\nalias crc32c crc32c-generic\nalias crypto-crc32c crc32c_intel\nalias crc32c crc32c_intel\n",
         )
         .unwrap();
         std::fs::write(
@@ -428,6 +433,8 @@ mod tests {
         assert_eq!(idx.aliases("crc32c"), ["crc32c_intel", "crc32c_generic"]);
         assert_eq!(idx.aliases("pci:v00008086d000010D3sv00001234"), ["e1000e"]);
         assert!(idx.aliases("nothing").is_empty());
+        // Looked up normalized, as kmod does.
+        assert_eq!(idx.aliases("crypto_crc32c"), ["crc32c_intel"]);
         assert_eq!(idx.symbol_owners("symbol:dpll_device_get"), ["dpll"]);
         assert_eq!(idx.builtin_aliases("crc32"), ["crc32_generic"]);
         assert!(ModuleIndex::in_tree(d.path().join("none"))

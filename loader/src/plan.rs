@@ -14,10 +14,10 @@
 //! so the last value of a parameter wins.
 //!
 //! A name is looked up in the image's tree first, then in the node's `/lib/modules/<kver>`. An
-//! image module's dependencies are the union of its `modules.dep` line and its `depends=`
-//! modinfo field (an image built with `depmod -b` over its own modules does not list the
-//! node's), its softdeps its `softdep=` modinfo field; a node module's come from the node's
-//! `modules.dep` (read backwards, as kmod does) and `modules.softdep`. Softdep names are looked
+//! image module's dependencies are its `modules.dep` line (read backwards, as kmod does) and
+//! its `depends=` modinfo field (an image built with `depmod -b` over its own modules does not
+//! list the node's), each after its own; its softdeps its `softdep=` modinfo field. A node
+//! module's come from the node's `modules.dep` and `modules.softdep`. Softdep names are looked
 //! up as modprobe looks up a name: modprobe.d `alias`, module names, `symbol:`, `install`/
 //! `remove` lines, `modules.alias`, built-in modules. Modules built into the kernel, or already
 //! loaded and found nowhere, need nothing.
@@ -146,8 +146,10 @@ enum Kind {
     File {
         path: PathBuf,
         origin: Origin,
-        /// Dependencies as listed (`modules.dep` line, plus `depends=` for image modules).
+        /// Dependencies as its `modules.dep` line lists them (all, the last to load first).
         listed: Vec<String>,
+        /// An image module's `depends=` the line lacks (the node's modules).
+        extra: Vec<String>,
         info: Option<ModInfo>,
     },
     /// Built into the kernel: nothing to load.
@@ -345,7 +347,13 @@ impl Planner<'_> {
 
     /// The module's dependencies in load order, each one module with a file.
     fn dependencies(&self, p: &mut Probe, found: &Found) -> Result<Vec<Found>, PreflightError> {
-        let Kind::File { listed, origin, .. } = &found.kind else {
+        let Kind::File {
+            listed,
+            extra,
+            origin,
+            ..
+        } = &found.kind
+        else {
             return Ok(vec![]);
         };
         if p.visiting.contains(&found.name) {
@@ -357,18 +365,18 @@ impl Planner<'_> {
         }
         p.visiting.push(found.name.clone());
         let mut out: Vec<Found> = vec![];
-        let r = match origin {
-            // modules.dep lists every dependency, the last to load first (kmod reads it
-            // backwards); one the image replaces brings the image's own dependencies.
-            Origin::InTree => listed
-                .iter()
-                .rev()
-                .try_for_each(|d| self.add_dependency(p, &found.name, d, false, &mut out)),
-            // Direct dependencies, each after its own (depth first).
-            Origin::Image => listed
-                .iter()
-                .try_for_each(|d| self.add_dependency(p, &found.name, d, true, &mut out)),
-        };
+        // modules.dep lists every dependency, the last to load first (kmod reads it
+        // backwards). A node module's line is complete; an image module's lists the image's
+        // modules only, so each brings its own dependencies (depth first, which keeps the
+        // line's order), and so does a `depends=` on a node module, or a node module the
+        // image replaces.
+        let deep = *origin == Origin::Image;
+        let r = listed
+            .iter()
+            .rev()
+            .map(|d| (d, deep))
+            .chain(extra.iter().map(|d| (d, true)))
+            .try_for_each(|(d, deep)| self.add_dependency(p, &found.name, d, deep, &mut out));
         p.visiting.pop();
         r.map(|()| out)
     }
@@ -420,19 +428,19 @@ impl Planner<'_> {
         if let Some(image) = self.image {
             if let Some(e) = image.lookup(name).map_err(err)? {
                 let info = self.check_image_file(image, name, &e.path)?;
-                let mut listed = e.deps;
-                for d in info.depends() {
-                    if !listed.contains(&d) {
-                        listed.push(d);
-                    }
-                }
+                let extra = info
+                    .depends()
+                    .into_iter()
+                    .filter(|d| !e.deps.contains(d))
+                    .collect();
                 return Ok(Some(Found {
                     name: name.to_owned(),
                     alias: None,
                     kind: Kind::File {
                         path: e.path,
                         origin: Origin::Image,
-                        listed,
+                        listed: e.deps,
+                        extra,
                         info: Some(info),
                     },
                 }));
@@ -445,6 +453,7 @@ impl Planner<'_> {
                 path: e.path,
                 origin: Origin::InTree,
                 listed: e.deps,
+                extra: vec![],
                 info: None,
             },
         }))
@@ -719,6 +728,24 @@ mod tests {
         assert!(p[3].configured && !p[0].configured);
         assert_eq!(p[2].reason, Reason::Dependency("a".into()));
         assert_eq!(p[3].info.as_ref().unwrap().srcversion(), Some("SRC-A"));
+    }
+
+    #[test]
+    fn a_modules_dep_line_is_read_backwards_as_kmod_does() {
+        let f = Fixture::new();
+        f.image_module("x", "SX", &["y", "z"]);
+        f.image_module("y", "SY", &[]);
+        f.image_module("z", "SZ", &[]);
+        f.image_dep("x.ko: y.ko z.ko\ny.ko:\nz.ko:\n");
+        f.node_module("n1", "kernel/n1.ko", &[]);
+        f.node_module("n2", "kernel/n2.ko", &["n1"]);
+        f.node_module("m", "kernel/m.ko", &["n2", "n1"]);
+        let p = f.plan(&f.set(&["x"], &[])).unwrap();
+        let names: Vec<_> = p.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["z", "y", "x"]);
+        let p = f.plan_load_back("m").unwrap();
+        let names: Vec<_> = p.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "m"]);
     }
 
     #[test]
