@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Builds an initramfs with the real dracut and the kmod-day1 module from a scratch root
 # (KMOD_DAY1_ROOT), then checks with lsinitrd that it holds the loader, the configs,
-# the enabled unit, the refs of the target kernel and their trees, and nothing of the
-# other kernel. Needs root and dracut-core (hack/install-deps).
+# the enabled unit, the node's modprobe.d files, the refs of the target kernel and their
+# trees, and nothing of the other kernel. Needs root and dracut-core (hack/install-deps).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -30,6 +30,17 @@ for k in $kver $other; do
     printf '{\n  "version": 1,\n  "image": "r/x:%s",\n  "manifestDigest": "sha256:00",\n  "tree": "%s",\n  "committedAt": 1\n}\n' "$k" "$tree" \
         > "$sys/var/lib/kmod-day1/refs/99-test/e1000/$k.json"
 done
+# The node's modprobe configuration: carried but for /run, dot files and other names;
+# /lib/modprobe.d is /usr/lib/modprobe.d, carried once.
+mkdir -p "$sys/etc/modprobe.d" "$sys/usr/lib/modprobe.d" "$sys/usr/local/lib/modprobe.d" "$sys/run/modprobe.d"
+echo 'options e1000 TxDescriptors=128' > "$sys/etc/modprobe.d/kd1-test.conf"
+echo 'softdep e1000 pre: ptp' > "$sys/usr/lib/modprobe.d/kd1-vendor.conf"
+echo 'alias kd1-nic e1000' > "$sys/usr/lib/modprobe.d/kd1-vendor.alias"
+echo 'options e1000 debug=1' > "$sys/usr/local/lib/modprobe.d/kd1-local.conf"
+echo 'options e1000 run=1' > "$sys/run/modprobe.d/kd1-run.conf"
+echo 'options e1000 hidden=1' > "$sys/etc/modprobe.d/.kd1-hidden.conf"
+echo 'not read by kmod' > "$sys/etc/modprobe.d/kd1-README"
+ln -s ../usr/lib/modprobe.d "$sys/lib/modprobe.d"
 want_tree=$(printf '%s' "$kver" | sha256sum | cut -c1-64)
 other_tree=$(printf '%s' "$other" | sha256sum | cut -c1-64)
 
@@ -46,6 +57,13 @@ expect " var/lib/kmod-day1/refs/99-test/e1000/$kver.json$"
 expect " var/lib/kmod-day1/trees/$want_tree/modules/extra/e1000.ko$"
 expect 'kmod-day1-load.service$'
 expect 'sysinit.target.wants/kmod-day1-load.service'
+expect ' etc/modprobe.d/kd1-test.conf$'
+expect ' usr/lib/modprobe.d/kd1-vendor.conf$'
+expect ' usr/lib/modprobe.d/kd1-vendor.alias$'
+expect ' usr/local/lib/modprobe.d/kd1-local.conf$'
+refuse 'kd1-run.conf'
+refuse 'kd1-hidden'
+refuse 'kd1-README'
 refuse "$other.json"
 refuse "$other_tree"
 [ $fail = 0 ] || { cat "$work/list" | grep -i kmod-day1; exit 1; }

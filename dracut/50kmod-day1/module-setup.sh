@@ -3,8 +3,9 @@
 # dracut module: runs kmod-day1-load inside the initramfs, so the out-of-tree driver is in
 # place before an initramfs NetworkManager (RHCOS starts one when Ignition needs the
 # network) or a network root takes the device. It carries the loader, the configs, the
-# same unit as the real root, and from the store only the refs of the kernel this
-# initramfs is built for and the trees they name. In the real root the loader runs again
+# same unit as the real root, the node's modprobe.d (options and softdeps apply in both), and
+# from the store only the refs of the kernel this initramfs is built for and the trees they
+# name. In the real root the loader runs again
 # and finds the modules loaded (same srcversion): nothing to do.
 #
 # KMOD_DAY1_ROOT (tests only) reads the node's files from another root.
@@ -26,6 +27,24 @@ depends() {
     echo systemd
 }
 
+# The node's modprobe configuration, so that the loader in the initramfs loads with the same
+# options and softdeps as in the real root: the directories kmod-day1-load reads, their
+# *.conf and *.alias files (not dot files), each directory once (/lib -> /usr/lib). dracut's
+# own kernel-modules module carries /etc/modprobe.d only with --hostonly, which RHCOS does
+# not use. /run/modprobe.d is left out: /run is a new tmpfs in the initramfs.
+_kd1_install_modprobe_d() {
+    local root=$1 d f real seen=" "
+    for d in /etc/modprobe.d /usr/local/lib/modprobe.d /usr/lib/modprobe.d /lib/modprobe.d; do
+        [[ -d $root$d ]] || continue
+        real=$(readlink -f "$root$d")
+        [[ $seen == *" $real "* ]] && continue
+        seen+="$real "
+        for f in "$root$d"/*.conf "$root$d"/*.alias; do
+            [[ -f $f && ${f##*/} != .* ]] && inst_simple "$f" "${f#"$root"}"
+        done
+    done
+}
+
 install() {
     local root store=/var/lib/kmod-day1 ref tree f
     root=$(_kd1_root)
@@ -33,6 +52,7 @@ install() {
     for f in "$root"/etc/kmod-day1/config.d/*.json; do
         [[ -f $f ]] && inst_simple "$f" "${f#"$root"}"
     done
+    _kd1_install_modprobe_d "$root"
     inst_simple "$moddir/kmod-day1-load.service" "$systemdsystemunitdir/kmod-day1-load.service"
     for ref in "$root$store"/refs/*/*/"$kernel".json; do
         [[ -f $ref ]] || continue
