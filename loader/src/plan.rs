@@ -22,7 +22,8 @@
 //! `remove` lines, `modules.alias`, built-in modules. Modules built into the kernel, or already
 //! loaded and found nowhere, need nothing.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use kmod_day1_contract::ModuleSet;
@@ -170,13 +171,16 @@ struct Step {
 /// Resolves module names into load orders, with modprobe's configuration.
 pub struct Planner<'a> {
     /// The image's modules (none when loading back in-tree modules).
-    pub image: Option<&'a ModuleIndex>,
+    image: Option<&'a ModuleIndex>,
     /// The node's modules.
-    pub in_tree: &'a ModuleIndex,
-    pub conf: &'a ModprobeConfig,
-    pub kernel_release: &'a str,
+    in_tree: &'a ModuleIndex,
+    conf: &'a ModprobeConfig,
+    kernel_release: &'a str,
     /// Whether the kernel has the module already (loaded or built in).
-    pub present: &'a dyn Fn(&str) -> bool,
+    present: &'a dyn Fn(&str) -> bool,
+    /// Module files found by name: an image module's modinfo is read (and a compressed one
+    /// decompressed) once per plan.
+    found: RefCell<HashMap<String, Option<Found>>>,
 }
 
 /// A probe list being built: `visited` is per top-level module, as each `modprobe` call.
@@ -196,7 +200,27 @@ pub struct LoadPlan {
     pub notes: Vec<String>,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    /// A planner for the image's modules (`None`: loading back in-tree modules) and the
+    /// node's; `present(name)`: whether the kernel has the module already (loaded or built
+    /// in).
+    pub fn new(
+        image: Option<&'a ModuleIndex>,
+        in_tree: &'a ModuleIndex,
+        conf: &'a ModprobeConfig,
+        kernel_release: &'a str,
+        present: &'a dyn Fn(&str) -> bool,
+    ) -> Self {
+        Self {
+            image,
+            in_tree,
+            conf,
+            kernel_release,
+            present,
+            found: RefCell::default(),
+        }
+    }
+
     /// The load order of a module set: its modules in config order, each after its
     /// dependencies and softdeps, with modprobe.d options then the config's parameters.
     pub fn plan_set(&self, set: &ModuleSet) -> Result<LoadPlan, PreflightError> {
@@ -424,6 +448,15 @@ impl Planner<'_> {
 
     /// A module file by name: the image's, then the node's.
     fn find_file(&self, name: &str) -> Result<Option<Found>, PreflightError> {
+        if let Some(f) = self.found.borrow().get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.find_file_uncached(name)?;
+        self.found.borrow_mut().insert(name.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    fn find_file_uncached(&self, name: &str) -> Result<Option<Found>, PreflightError> {
         let err = |e: String| PreflightError(e);
         if let Some(image) = self.image {
             if let Some(e) = image.lookup(name).map_err(err)? {

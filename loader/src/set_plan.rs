@@ -89,13 +89,13 @@ pub fn plan_swap(
     // What is listed for removal is planned as gone (the loaded module may be the image's
     // already; that is told below, and again at load time).
     let kept = |n: &str| present(n) && !removal.iter().any(|r| r == n);
-    let planner = Planner {
-        image: Some(input.image),
-        in_tree: node.in_tree,
-        conf: node.modprobe,
-        kernel_release: node.kernel_release,
-        present: &kept,
-    };
+    let planner = Planner::new(
+        Some(input.image),
+        node.in_tree,
+        node.modprobe,
+        node.kernel_release,
+        &kept,
+    );
     let LoadPlan {
         modules: mut load,
         mut notes,
@@ -198,13 +198,13 @@ pub fn plan_load_back(
     present: &dyn Fn(&str) -> bool,
     name: &str,
 ) -> Result<Vec<PlannedModule>, String> {
-    Planner {
-        image: None,
-        in_tree: node.in_tree,
-        conf: node.modprobe,
-        kernel_release: node.kernel_release,
+    Planner::new(
+        None,
+        node.in_tree,
+        node.modprobe,
+        node.kernel_release,
         present,
-    }
+    )
     .plan_load_back(name)
     .map(|p| p.modules)
     .map_err(|e| e.0)

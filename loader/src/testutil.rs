@@ -260,14 +260,7 @@ impl Fixture {
         let image = ModuleIndex::image(self.image_dir());
         let node = ModuleIndex::in_tree(self.node_dir());
         let conf = self.modprobe_config();
-        Planner {
-            image: Some(&image),
-            in_tree: &node,
-            conf: &conf,
-            kernel_release: KVER,
-            present: &|_| false,
-        }
-        .plan_set(set)
+        Planner::new(Some(&image), &node, &conf, KVER, &|_| false).plan_set(set)
     }
 
     pub fn plan(&self, set: &ModuleSet) -> Result<Vec<PlannedModule>, PreflightError> {
@@ -277,14 +270,7 @@ impl Fixture {
     pub fn plan_load_back(&self, name: &str) -> Result<LoadPlan, PreflightError> {
         let node = ModuleIndex::in_tree(self.node_dir());
         let conf = self.modprobe_config();
-        Planner {
-            image: None,
-            in_tree: &node,
-            conf: &conf,
-            kernel_release: KVER,
-            present: &|_| false,
-        }
-        .plan_load_back(name)
+        Planner::new(None, &node, &conf, KVER, &|_| false).plan_load_back(name)
     }
 }
 
