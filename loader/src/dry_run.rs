@@ -244,8 +244,22 @@ fn module_line(i: usize, m: &PlannedModule) -> String {
         l += " [a failure is only a warning]";
     }
     l += "\n";
-    for p in &m.params {
-        l += &format!("         {}   <- {}\n", p.text, p.source);
+    // The kernel applies parameters in order: a later value of the same name wins.
+    let name = |t: &str| t.split('=').next().unwrap_or_default().replace('-', "_");
+    for (i, p) in m.params.iter().enumerate() {
+        let overridden = m.params[i + 1..]
+            .iter()
+            .any(|q| name(&q.text) == name(&p.text));
+        l += &format!(
+            "         {}   <- {}{}\n",
+            p.text,
+            p.source,
+            if overridden {
+                " (overridden below)"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(b) = &m.blacklisted {
         l += &format!("         blacklisted at {b}: loaded anyway, as modprobe loads a module named directly\n");
@@ -352,7 +366,7 @@ mod tests {
         f.image_module("ice", "SRC-OOT", &["dpll"]);
         f.modprobe_d(
             "etc/modprobe.d/ice.conf",
-            "options ice a=1\nblacklist dpll\nremove ice /bin/true\n",
+            "options ice a=1 debug=0\nblacklist dpll\nremove ice /bin/true\n",
         );
         f.set_cmdline("ice.b=2");
         let mut k = FakeKernel::new();
@@ -376,6 +390,7 @@ mod tests {
             load[1]["parameters"],
             json!([
                 {"value": "a=1", "source": format!("{conf}:1")},
+                {"value": "debug=0", "source": format!("{conf}:1")},
                 {"value": "b=2", "source": "kernel command line"},
                 {"value": "debug=1", "source": "kmod-day1 config"},
             ])
@@ -393,7 +408,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(back, [("dpll", 0), ("ice", 2)]);
+        assert_eq!(back, [("dpll", 0), ("ice", 3)]);
         assert!(s["notes"][0]
             .as_str()
             .unwrap()
@@ -406,6 +421,8 @@ mod tests {
             "    1. dpll (dependency of ice, node)",
             "    2. ice (configured, image)",
             "         a=1   <- ",
+            "         debug=0   <- ",
+            "(overridden below)",
             "         debug=1   <- kmod-day1 config",
             "  on failure, the rollback loads back:",
             "blacklisted at ",
