@@ -90,7 +90,7 @@ DESCRIPTION
     document. The real run executes the same plan from the same planner. For the running
     kernel the plan starts from the loaded modules (/sys/module); for another release
     (--kernel-release, with --modules-root and --modprobe-dir of another deployment) from
-    a kernel with nothing loaded. The exit status is what the real run's would be
+    that kernel's boot: nothing loaded but the in-tree modules to remove. The exit status is what the real run's would be
     (a set failing preflight: 1).
 
     Every run writes the status file (JSON): per set its state (loaded, notStored,

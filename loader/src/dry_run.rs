@@ -17,7 +17,8 @@ use crate::set_plan::SetPlan;
 pub enum KernelView {
     /// The running kernel's (`/sys/module`): planning for the running release.
     Running,
-    /// Nothing loaded: planning for another release (another deployment's kernel).
+    /// Planning for another release (another deployment's kernel): nothing loaded but each
+    /// set's in-tree modules to remove.
     FreshBoot,
 }
 
@@ -138,7 +139,7 @@ impl<'a> DryRun<'a> {
         );
         t += match self.view {
             KernelView::Running => "loaded modules: the running kernel's\n",
-            KernelView::FreshBoot => "loaded modules: none (another kernel: as at its boot)\n",
+            KernelView::FreshBoot => "loaded modules: another kernel's, as at its boot: none but the in-tree modules to remove (udev loads those first, usually)\n",
         };
         if self.disabled {
             t += "kmod_day1.disable is on the kernel command line: the real run does nothing\n";

@@ -51,8 +51,8 @@ use crate::dry_run::{DryRun, DrySet, KernelView};
 use crate::duration::{micros, ms};
 use crate::exit::Exit;
 use crate::kcmdline::ModuleCmdline;
-use crate::kernel::KernelModules;
 use crate::kernel::LinuxKernel;
+use crate::kernel::{KernelModules, ModuleState};
 use crate::modprobe_conf::{ModprobeConfig, MODPROBE_DIRS};
 use crate::modules_dep::ModuleIndex;
 use crate::set_plan::{plan_swap, Node, SetInput};
@@ -286,8 +286,16 @@ fn dry_run_set(
         Err(o) => return settled(d, o),
     };
     let image = ModuleIndex::image(&tree.modules);
+    // Another kernel's boot: nothing loaded but the in-tree modules to remove, which udev
+    // usually loads before the loader runs (so the plan shows their unload and rollback).
+    let removal: Vec<String> = set
+        .in_tree_modules_to_remove
+        .iter()
+        .map(|m| m.kernel_name())
+        .collect();
     let state = |n: &str| match view {
         KernelView::Running => k.module_state(n),
+        KernelView::FreshBoot if removal.iter().any(|r| r == n) => Ok(Some(ModuleState::default())),
         KernelView::FreshBoot => Ok(None),
     };
     let input = SetInput {

@@ -11,9 +11,11 @@
 //! name:
 //!
 //! - the plan of `kmod-day1-load --dry-run --json` (one module set per module, the set's
-//!   image tree being the unpacked module tree) with `modprobe --show-depends` (`-d`, `-S`,
-//!   one `-C` per modprobe.d directory): the load order (each module where it first comes,
-//!   built-in ones left out) and every module's final parameters;
+//!   image tree being the unpacked module tree, the module also listed for removal so the
+//!   plan holds what a rollback would load back from the node) with `modprobe
+//!   --show-depends` (`-d`, `-S`, one `-C` per modprobe.d directory): the load order (each
+//!   module where it first comes, built-in ones left out) and every module's final
+//!   parameters, for the module as configured and as loaded back;
 //! - the configuration the dry run read with `modprobe -c`.
 //!
 //! Both read the real `/proc/cmdline` (kmod always does; the loader is given it with
@@ -312,7 +314,9 @@ fn write_store_and_config(dir: &Path, modules: &[String], kver: &str, tree_targe
             serde_json::json!({"version": 1, "image": IMAGE, "manifestDigest": "sha256:00", "tree": TREE, "committedAt": 1}).to_string(),
         )
         .unwrap();
-        sets.push(serde_json::json!({"name": set, "image": IMAGE, "modules": [{"name": m}]}));
+        // Also removed (as the in-tree module of that name): the plan then holds what a
+        // rollback would load back, from the node.
+        sets.push(serde_json::json!({"name": set, "image": IMAGE, "modules": [{"name": m}], "inTreeModulesToRemove": [m]}));
     }
     std::fs::create_dir_all(dir.join("config.d")).unwrap();
     std::fs::write(
@@ -444,6 +448,7 @@ fn plans_match_kmods_modprobe_on_debians_module_tree() {
 
     let mut diffs: Vec<String> = vec![];
     let mut compared = 0;
+    let mut rollbacks_compared = 0;
     // What modprobe does with the synthetic files, so that equality below means something.
     let step = |m: &str, p: &[&str]| (m.to_owned(), p.iter().map(|s| s.to_string()).collect());
     let Outcome::Load(vxlan) = modprobe_show_depends(&root, &kver, "vxlan") else {
@@ -475,26 +480,43 @@ fn plans_match_kmods_modprobe_on_debians_module_tree() {
     let sets = plan["sets"].as_array().unwrap();
     assert_eq!(sets.len(), sample.len());
     let t = Instant::now();
-    for (name, set) in sample.iter().zip(sets) {
-        let kmod = modprobe_show_depends(&root, &kver, name);
-        compared += 1;
-        let ours = match set["state"].as_str().unwrap() {
-            "wouldSwap" => Outcome::Load(
-                set["load"]
+    let steps = |load: &serde_json::Value| -> Vec<Step> {
+        load.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let params = m["parameters"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|m| {
-                        let params = m["parameters"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|p| p["value"].as_str().unwrap().to_owned())
-                            .collect();
-                        (m["name"].as_str().unwrap().to_owned(), params)
-                    })
-                    .collect(),
-            ),
+                    .map(|p| p["value"].as_str().unwrap().to_owned())
+                    .collect();
+                (m["name"].as_str().unwrap().to_owned(), params)
+            })
+            .collect()
+    };
+    for (name, set) in sample.iter().zip(sets) {
+        let kmod = modprobe_show_depends(&root, &kver, name);
+        compared += 1;
+        // What a rollback loads back (in-tree, from the node) is what modprobe loads.
+        if let Some(back) = set["rollback"].as_array().and_then(|r| r.first()) {
+            rollbacks_compared += 1;
+            let ours = match &back["load"] {
+                serde_json::Value::Null => Outcome::Install(back["error"].to_string()),
+                load => Outcome::Load(steps(load)),
+            };
+            let same = match (&kmod, &ours) {
+                (Outcome::Install(_), Outcome::Install(e)) => e.contains("`install "),
+                (a, b) => a == b,
+            };
+            if !same {
+                diffs.push(format!(
+                    "{name} (rollback):\n    modprobe:       {kmod:?}\n    kmod-day1-load: {ours:?}"
+                ));
+            }
+        }
+        let ours = match set["state"].as_str().unwrap() {
+            "wouldSwap" => Outcome::Load(steps(&set["load"])),
             _ => {
                 let e = set["error"].as_str().unwrap_or_default().to_owned();
                 match e.split_once("`install ") {
@@ -586,7 +608,7 @@ fn plans_match_kmods_modprobe_on_debians_module_tree() {
     }
 
     println!(
-        "modprobe parity on {} ({}): {compared} modules compared ({} named by the synthetic files, the rest a seeded sample of {} modules, {} of them xz-compressed), {conf_compared} modprobe -c lines; {} differences",
+        "modprobe parity on {} ({}): {compared} modules compared ({} named by the synthetic files, the rest a seeded sample of {} modules, {} of them xz-compressed), as configured modules and, {rollbacks_compared} of them, as in-tree modules a rollback loads back; {conf_compared} modprobe -c lines; {} differences",
         kver,
         deb.file_name().unwrap().to_string_lossy(),
         named.len(),
