@@ -90,8 +90,8 @@ DESCRIPTION
     document. The real run executes the same plan from the same planner. For the running
     kernel the plan starts from the loaded modules (/sys/module); for another release
     (--kernel-release, with --modules-root and --modprobe-dir of another deployment) from
-    that kernel's boot: nothing loaded but the in-tree modules to remove. The exit status is what the real run's would be
-    (a set failing preflight: 1).
+    that kernel's boot: nothing loaded but the in-tree modules to remove. The exit status
+    is what the real run's would be (a set failing preflight: 1).
 
     Every run writes the status file (JSON): per set its state (loaded, notStored,
     noImage, skipped, failed), image, manifest digest, modules with version, srcversion
@@ -101,6 +101,10 @@ DESCRIPTION
 KERNEL COMMAND LINE
     kmod_day1.disable              do nothing this boot (exit 0, no status written)
     kmod_day1.skip=SET[,CONFIG/SET]  skip those module sets (recorded as skipped)
+    MODULE.PARAM=VALUE             a parameter for MODULE, as modprobe reads it
+    modprobe.blacklist=M[,M]       blacklist lines (alias lookups only, as in kmod)
+    module_blacklist=M[,M]         the kernel refuses those modules: a plan loading one
+                                   fails preflight
 
 OPTIONS
     --config-dir DIR      config files, one per MachineConfig   [/etc/kmod-day1/config.d]
