@@ -30,7 +30,7 @@ mark() {{ printf 'KD1-MARK bench.%s=%s\n' "$1" "$2" >&3; }}
 [ -e /var/lib/kd1-bench.done ] && exit 0
 touch /var/lib/kd1-bench.done
 kver=$(uname -r)
-ref=/var/lib/kmod-day1/refs/{config}/{set}/$kver.json
+ref=$(ls /var/lib/kmod-day1/refs/{config}/{set}/$kver/*.json 2>/dev/null | head -1)
 tree=$(sed -n 's/.*"tree": *"\([0-9a-f]*\)".*/\1/p' "$ref")
 [ -n "$tree" ] || {{ mark error "no ref $ref"; exit 0; }}
 root=/run/kd1-bench/root

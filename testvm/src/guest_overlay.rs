@@ -100,6 +100,12 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
         &root.join("etc/sysctl.d/99-testvm-console.conf"),
         "kernel.printk = 7 4 1 7\n",
     )?;
+    // RHCOS's default image trust policy (podman's too); kmod-day1-pull refuses to run
+    // without one, as podman does.
+    write_file(
+        &root.join("etc/containers/policy.json"),
+        "{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}\n",
+    )?;
     write_file(
         &root.join("etc/containers/registries.conf"),
         format!(
