@@ -9,7 +9,7 @@ TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 NODE_BINS := kmod-day1-load kmod-day1-pull
 
-.PHONY: all build static test lint unit-tests install-check dracut-check test-vm bench golden install install-bin install-systemd install-dracut example clean
+.PHONY: all build static node-image test lint unit-tests install-check dracut-check test-vm bench golden install install-bin install-systemd install-dracut example clean
 
 all: build
 
@@ -20,6 +20,21 @@ build:
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) -p kmod-day1-load -p kmod-day1-pull
 	@for b in $(NODE_BINS); do f=$(STATIC_DIR)/$$b; [ -f $$f ] && printf '%s: %s bytes, %s gzip\n' $$b $$(stat -c %s $$f) $$(gzip -9c $$f | wc -c); done; true
+
+# The node image: the static node binaries and the prestage agent's static shell (busybox),
+# FROM scratch, written as an OCI image layout with no container daemon (mcgen's
+# kmod-day1-node-image: sorted entries, one mtime, the commit's time). Prints the manifest
+# digest for `mcgen --node-image REF@DIGEST`. Push it with
+#   skopeo copy oci:$(NODE_IMAGE_DIR):$(NODE_IMAGE_TAG) docker://REGISTRY/kmod-day1-node:$(NODE_IMAGE_TAG)
+NODE_IMAGE_DIR ?= target/node-image
+NODE_IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+BUSYBOX ?= /bin/busybox
+node-image: static
+	@test -x $(BUSYBOX) || { echo "node-image: $(BUSYBOX) is missing: apt-get install busybox-static (the prestage agent's shell)" >&2; exit 1; }
+	rm -rf $(NODE_IMAGE_DIR)
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(CARGO) run -q -p mcgen --bin kmod-day1-node-image -- \
+		--layout $(NODE_IMAGE_DIR) --tag $(NODE_IMAGE_TAG) --node-binaries $(STATIC_DIR) --busybox $(BUSYBOX) \
+		--revision $$(git rev-parse HEAD)$$(git diff --quiet HEAD || echo -dirty)
 
 # The one test command (README, .ci/run): installs what it needs, then runs everything.
 test:

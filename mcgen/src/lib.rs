@@ -26,6 +26,7 @@ mod ignition;
 mod kmm;
 mod machineconfig;
 mod node_binaries;
+mod node_image;
 mod spec;
 mod units;
 
@@ -38,8 +39,12 @@ pub use ignition::{config_path, IgnitionVersion};
 pub use kmm::{produce_machine_config, KmmArgs};
 pub use machineconfig::MachineConfig;
 pub use node_binaries::{embed_node_binaries, EmbeddedBinary};
+pub use node_image::{
+    read_static_binary, write_layout, ImageFile, ImageMeta, WrittenImage, IMAGE_BIN_DIR,
+    IMAGE_SHELL,
+};
 pub use spec::{parse_spec, Day1Config, ModuleSetBuilder, PoolName, API_VERSION, KIND};
-pub use units::{LOAD_UNIT, PULL_SHUTDOWN_UNIT, PULL_UNIT};
+pub use units::{LOAD_UNIT, NODE_BINARIES, PULL_SHUTDOWN_UNIT, PULL_UNIT};
 
 /// Default limit on a MachineConfig's size: etcd stores objects up to 1.5 MiB and MCO
 /// merges every MachineConfig of a pool into one rendered config.
