@@ -63,7 +63,7 @@ golden:
 	MCGEN_BLESS=1 $(CARGO) test -p mcgen --test golden
 
 example:
-	$(CARGO) run -q -p mcgen -- --spec examples/e1000.yaml
+	$(CARGO) run -q -p mcgen -- --spec examples/e1000.yaml --delivery layered
 
 # make install into a scratch DESTDIR, checked file by file.
 install-check: static

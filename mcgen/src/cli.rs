@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::{
-    containerfile, parse_spec, Delivery, Error, Generator, IgnitionVersion, KmmArgs,
+    containerfile, parse_spec, Delivery, Error, Generator, IgnitionVersion, KmmArgs, NodeImage,
     DEFAULT_MAX_BYTES,
 };
 
@@ -30,6 +30,9 @@ pub enum DeliveryArg {
     Embedded,
     /// In the OS image (see --output containerfile); the config carries units and config.
     Layered,
+    /// From the node image (--node-image): an install unit copies them into /usr/local/bin
+    /// with the node's podman once the network is up.
+    Image,
 }
 
 const ABOUT: &str = "Generate the MachineConfig that swaps an in-tree kernel module for an \
@@ -45,17 +48,20 @@ BootModuleConfig as it is) or KMM's day1-utility flags (--machine-config, \
 
 The output (stdout, or --output-file written atomically) installs on every node of the pool: \
 /etc/kmod-day1/config.d/<machine-config>.json, kmod-day1-load.service (before \
-network-pre.target) and kmod-day1-pull.service (after network-online.target) and, with \
---delivery embedded, the node binaries. The MachineConfig's size is printed on stderr.
+network-pre.target), kmod-day1-pull.service (after network-online.target) and the node \
+binaries, by the delivery named. The MachineConfig's size is printed on stderr.
 
-Delivery defaults to embedded for --output ignition (installer time: no size limit that \
-matters) and to layered otherwise: the pull binary is too large to ride inside a \
-MachineConfig, so it goes into the OS image with the Containerfile of --output containerfile.";
+Deliveries: image (the default with --node-image): the MachineConfig pins the node image (`make \
+node-image`) by digest and kmod-day1-install.service copies the binaries into /usr/local/bin \
+with the node's podman once the network is up; layered: the binaries in the OS image, built \
+with the Containerfile of --output containerfile; embedded (the default for --output ignition, \
+at installer time): the binaries inside the config, too large for a MachineConfig. A \
+MachineConfig needs --node-image or --delivery.";
 
 const AFTER_HELP: &str = "\
 Examples:
-  mcgen -f examples/e1000.yaml
-  mcgen --machine-config 99-worker-ice --machine-config-pool worker \\
+  mcgen -f examples/e1000.yaml --node-image quay.io/acme/kmod-day1-node@sha256:<digest>
+  mcgen --machine-config 99-worker-ice --machine-config-pool worker --delivery layered \\
         --image quay.io/acme/ice-kmod --kernel-module ice --in-tree-modules-to-remove ice
   mcgen -f spec.yaml --output ignition --node-binaries target/x86_64-unknown-linux-gnu/release
   mcgen -f spec.yaml --output containerfile --base-image quay.io/openshift/rhcos:4.16
@@ -114,9 +120,15 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "3.2.0")]
     pub ignition_version: IgnitionVersion,
 
-    /// How the node binaries reach the node [default: embedded for ignition, else layered]
+    /// How the node binaries reach the node [default: image with --node-image, else embedded
+    /// for ignition and layered for containerfile; a MachineConfig needs one named]
     #[arg(long, value_enum)]
     pub delivery: Option<DeliveryArg>,
+
+    /// The node image pinned by digest, REF@sha256:<digest> (`make node-image`); implies
+    /// --delivery image
+    #[arg(long, value_name = "REF@DIGEST")]
+    pub node_image: Option<String>,
 
     /// Directory holding kmod-day1-load and kmod-day1-pull for --delivery embedded
     /// [default: the directory of the mcgen executable]
@@ -185,18 +197,7 @@ impl Cli {
                 .into_config()?
             }
         };
-        let delivery = match self.delivery.unwrap_or(match self.output {
-            OutputFormat::Ignition => DeliveryArg::Embedded,
-            _ => DeliveryArg::Layered,
-        }) {
-            DeliveryArg::Layered => Delivery::Layered,
-            DeliveryArg::Embedded => Delivery::Embedded {
-                node_binaries: match &self.node_binaries {
-                    Some(d) => d.clone(),
-                    None => default_node_binaries()?,
-                },
-            },
-        };
+        let delivery = self.delivery()?;
         if self.output == OutputFormat::Containerfile && delivery != Delivery::Layered {
             return Err(Error::Invalid(
                 "--output containerfile goes with --delivery layered: the Containerfile is how the binaries reach the node".into(),
@@ -207,6 +208,48 @@ impl Cli {
             .ignition_version(self.ignition_version)
             .max_bytes(self.max_bytes);
         Ok((generator, warnings))
+    }
+
+    /// How the node binaries reach the node: the flags, or the default for the output.
+    fn delivery(&self) -> Result<Delivery, Error> {
+        let node_image = self
+            .node_image
+            .as_deref()
+            .map(NodeImage::parse)
+            .transpose()?;
+        let chosen = match (self.delivery, &node_image) {
+            (Some(d), _) => d,
+            (None, Some(_)) => DeliveryArg::Image,
+            (None, None) => match self.output {
+                OutputFormat::Ignition => DeliveryArg::Embedded,
+                OutputFormat::Containerfile => DeliveryArg::Layered,
+                OutputFormat::Machineconfig => {
+                    return Err(Error::Invalid(
+                        "say how the node binaries reach the nodes: --node-image REF@sha256:<digest> (the node image of `make node-image`, installed with the node's podman), --delivery layered (in the OS image, built with --output containerfile) or --delivery embedded (inside the MachineConfig, when it stays under --max-bytes)".into(),
+                    ))
+                }
+            },
+        };
+        Ok(match (chosen, node_image) {
+            (DeliveryArg::Image, Some(node_image)) => Delivery::Image { node_image },
+            (DeliveryArg::Image, None) => {
+                return Err(Error::Invalid(
+                    "--delivery image needs --node-image REF@sha256:<digest> (`make node-image` prints the digest)".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(Error::Invalid(
+                    "--node-image goes with --delivery image (its default): drop --delivery or --node-image".into(),
+                ))
+            }
+            (DeliveryArg::Layered, None) => Delivery::Layered,
+            (DeliveryArg::Embedded, None) => Delivery::Embedded {
+                node_binaries: match &self.node_binaries {
+                    Some(d) => d.clone(),
+                    None => default_node_binaries()?,
+                },
+            },
+        })
     }
 
     /// Renders the requested output; `notes` receives lines for stderr.

@@ -9,7 +9,10 @@
 use base64::Engine;
 use ignition_config::v3_2 as ign;
 
-use crate::{node_binaries::EmbeddedBinary, units, Day1Config, Delivery, Error};
+use crate::{
+    image_delivery, node_binaries::gzip_data_url, node_binaries::EmbeddedBinary, units, Day1Config,
+    Delivery, Error,
+};
 
 /// Ignition spec versions mcgen emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -77,6 +80,16 @@ pub fn ignition_config(
             format!("{dir}/{}", b.name),
             0o755,
             b.data_url.clone(),
+            Some("gzip"),
+        ));
+    }
+    if let Delivery::Image { .. } = delivery {
+        let (url, _) = gzip_data_url(image_delivery::INSTALL_SCRIPT.as_bytes())
+            .map_err(|e| Error::io("compressing the install script", e))?;
+        files.push(file(
+            image_delivery::INSTALL_SCRIPT_PATH.to_owned(),
+            0o755,
+            url,
             Some("gzip"),
         ));
     }

@@ -23,6 +23,7 @@ mod cli;
 mod containerfile;
 mod error;
 mod ignition;
+mod image_delivery;
 mod kmm;
 mod machineconfig;
 mod node_binaries;
@@ -36,6 +37,10 @@ pub use cli::{run, Cli, OutputFormat};
 pub use containerfile::containerfile;
 pub use error::Error;
 pub use ignition::{config_path, IgnitionVersion};
+pub use image_delivery::{
+    install_unit, NodeImage, INSTALL_SCRIPT, INSTALL_SCRIPT_PATH, INSTALL_UNIT_NAME,
+    NODE_BINARIES_RECORD,
+};
 pub use kmm::{produce_machine_config, KmmArgs};
 pub use machineconfig::MachineConfig;
 pub use node_binaries::{embed_node_binaries, EmbeddedBinary};
@@ -60,6 +65,12 @@ pub enum Delivery {
     },
     /// In the OS image (see [`containerfile`]); the config carries units and config only.
     Layered,
+    /// From the node image, pinned by digest: an install unit puts the binaries into
+    /// `/usr/local/bin` with the node's podman once the network is up.
+    Image {
+        /// The node image (`make node-image`).
+        node_image: NodeImage,
+    },
 }
 
 /// Generates the outputs for one [`Day1Config`].
@@ -108,7 +119,7 @@ impl Generator {
     fn binaries(&self) -> Result<Vec<EmbeddedBinary>, Error> {
         match &self.delivery {
             Delivery::Embedded { node_binaries } => embed_node_binaries(node_binaries),
-            Delivery::Layered => Ok(vec![]),
+            Delivery::Layered | Delivery::Image { .. } => Ok(vec![]),
         }
     }
 
@@ -139,7 +150,7 @@ impl Generator {
         let yaml = mc.to_yaml();
         if yaml.len() > self.max_bytes {
             return Err(Error::TooLarge(format!(
-                "MachineConfig {} would be {} bytes, above the {}-byte limit (--max-bytes): MCO stores it in etcd and merges it into the pool's rendered config; use --delivery layered to put the node binaries in the OS image instead",
+                "MachineConfig {} would be {} bytes, above the {}-byte limit (--max-bytes): MCO stores it in etcd and merges it into the pool's rendered config; deliver the node binaries with --node-image REF@sha256:<digest> (the node image) or --delivery layered (the OS image) instead",
                 self.config.name,
                 yaml.len(),
                 self.max_bytes

@@ -38,22 +38,29 @@ pub fn embed_node_binaries(dir: &Path) -> Result<Vec<EmbeddedBinary>, Error> {
                     Error::io(format!("reading node binary {}", path.display()), e)
                 }
             })?;
-            // Deterministic output: gzip without a timestamp or a file name.
-            let mut gz = GzEncoder::new(Vec::new(), Compression::best());
-            gz.write_all(&raw)
-                .map_err(|e| Error::io(format!("compressing {name}"), e))?;
-            let gz = gz
-                .finish()
+            let (data_url, gzip_bytes) = gzip_data_url(&raw)
                 .map_err(|e| Error::io(format!("compressing {name}"), e))?;
             Ok(EmbeddedBinary {
                 name,
-                data_url: format!(
-                    "data:;base64,{}",
-                    base64::engine::general_purpose::STANDARD.encode(&gz)
-                ),
+                data_url,
                 raw_bytes: raw.len(),
-                gzip_bytes: gz.len(),
+                gzip_bytes,
             })
         })
         .collect()
+}
+
+/// A `data:;base64,` URL of `bytes` gzip-compressed, and the compressed size. Deterministic:
+/// gzip without a timestamp or a file name.
+pub(crate) fn gzip_data_url(bytes: &[u8]) -> std::io::Result<(String, usize)> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+    gz.write_all(bytes)?;
+    let gz = gz.finish()?;
+    Ok((
+        format!(
+            "data:;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&gz)
+        ),
+        gz.len(),
+    ))
 }

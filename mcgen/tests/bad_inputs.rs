@@ -78,6 +78,11 @@ fn cases() -> Vec<(&'static str, Input, &'static str)> {
         ("embedded config over the size limit", Args(&["-f", "examples/e1000.yaml", "--delivery", "embedded", "--node-binaries", "mcgen/tests/fixtures/node-binaries", "--max-bytes", "2000"]), "--delivery layered"),
         ("embedded without node binaries", Args(&["-f", "examples/e1000.yaml", "--delivery", "embedded", "--node-binaries", "/nonexistent"]), "make static"),
         ("containerfile with embedded delivery", Args(&["-f", "examples/e1000.yaml", "-o", "containerfile", "--delivery", "embedded"]), "goes with --delivery layered"),
+        ("MachineConfig with no delivery", Args(&["-f", "examples/e1000.yaml"]), "--node-image REF@sha256:<digest> (the node image"),
+        ("node image by tag", Args(&["-f", "examples/e1000.yaml", "--node-image", "quay.io/acme/kmod-day1-node:0.1.0"]), "has no digest"),
+        ("node image with a short digest", Args(&["-f", "examples/e1000.yaml", "--node-image", "quay.io/acme/node@sha256:abc"]), "invalid digest"),
+        ("image delivery without a node image", Args(&["-f", "examples/e1000.yaml", "--delivery", "image"]), "needs --node-image"),
+        ("node image with layered delivery", Args(&["-f", "examples/e1000.yaml", "--delivery", "layered", "--node-image", "quay.io/a/n@sha256:4e1f5cbd3cf2a8b2f3bd0f9a6c7e2d1b0a9f8e7d6c5b4a3928170615f4e3d2c1"]), "goes with --delivery image"),
         ("unknown ignition version", Args(&["-f", "examples/e1000.yaml", "--ignition-version", "3.5.0"]), "invalid value '3.5.0'"),
     ]
 }
@@ -177,7 +182,7 @@ fn bad_inputs_exit_2_with_one_clear_line() {
     assert!(n >= 25);
     // The base spec itself is fine: the cases fail for their one change.
     std::fs::write(&spec, BASE).unwrap();
-    let out = mcgen(&["-f", spec.to_str().unwrap()]);
+    let out = mcgen(&["-f", spec.to_str().unwrap(), "--delivery", "layered"]);
     assert!(
         out.status.success(),
         "{}",

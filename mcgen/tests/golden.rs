@@ -10,20 +10,28 @@ mod support;
 use support::{mcgen, root, validate_ignition, KMM_FLAGS};
 
 const BIN: &str = "mcgen/tests/fixtures/node-binaries";
+/// The node image of the golden cases (a tag beside the digest: the MachineConfig keeps the digest).
+const NODE_IMAGE: &str = "quay.io/kmod-day1/node:0.1.0@sha256:4e1f5cbd3cf2a8b2f3bd0f9a6c7e2d1b0a9f8e7d6c5b4a3928170615f4e3d2c1";
+/// The largest image-delivery MachineConfig for examples/e1000.yaml: MCO merges every
+/// MachineConfig of a pool into one rendered config.
+const IMAGE_MC_TARGET: usize = 16 * 1024;
 
 /// (golden file, mcgen arguments separated by spaces; `KMM` stands for the KMM base flags)
 fn cases() -> Vec<(&'static str, String)> {
     let bin = format!("--node-binaries {BIN}");
     let kmm = KMM_FLAGS.join(" ");
     vec![
-        ("e1000.machineconfig.yaml", "-f examples/e1000.yaml".into()),
-        ("multi.machineconfig.yaml", "-f examples/multi.yaml".into()),
+        ("e1000.machineconfig.yaml", "-f examples/e1000.yaml --delivery layered".into()),
+        ("e1000.image.machineconfig.yaml", format!("-f examples/e1000.yaml --node-image {NODE_IMAGE}")),
+        ("e1000.image.ignition.json", format!("-f examples/e1000.yaml -o ignition --node-image {NODE_IMAGE}")),
+        ("multi.machineconfig.yaml", "-f examples/multi.yaml --delivery layered".into()),
+        ("multi.image.machineconfig.yaml", format!("-f examples/multi.yaml --delivery image --node-image {NODE_IMAGE}")),
         ("multi.ignition-3.3.json", "-f examples/multi.yaml -o ignition --delivery layered --ignition-version 3.3.0".into()),
         ("multi.ignition-3.4.json", "-f examples/multi.yaml -o ignition --delivery layered --ignition-version 3.4.0".into()),
         ("e1000.embedded.ignition.json", format!("-f examples/e1000.yaml -o ignition {bin}")),
         ("e1000.embedded.machineconfig.yaml", format!("-f examples/e1000.yaml --delivery embedded {bin}")),
-        ("kmm-flags.machineconfig.yaml", format!("{kmm} --in-tree-modules-to-remove ice,irdma --firmware-files-path /firmware")),
-        ("kmm-bmc.machineconfig.yaml", "-f mcgen/tests/cases/bmc.yaml".into()),
+        ("kmm-flags.machineconfig.yaml", format!("{kmm} --delivery layered --in-tree-modules-to-remove ice,irdma --firmware-files-path /firmware")),
+        ("kmm-bmc.machineconfig.yaml", "-f mcgen/tests/cases/bmc.yaml --delivery layered".into()),
         ("layered.Containerfile", "-f examples/e1000.yaml -o containerfile --base-image quay.io/openshift-release-dev/rhcos:4.16".into()),
         ("layered-no-base.Containerfile", "-f examples/e1000.yaml -o containerfile".into()),
     ]
@@ -58,6 +66,13 @@ fn golden_outputs() {
                 stderr.contains("bytes (limit 1048576)"),
                 "{name}: size not reported: {stderr}"
             );
+            if name.starts_with("e1000.image.") {
+                assert!(
+                    text.len() <= IMAGE_MC_TARGET,
+                    "{name}: {} bytes, above the {IMAGE_MC_TARGET}-byte target",
+                    text.len()
+                );
+            }
         }
         let path = root().join("mcgen/tests/golden").join(name);
         if bless {
@@ -79,7 +94,12 @@ fn golden_outputs() {
 #[test]
 fn kmm_flags_warn_about_worker_image() {
     let mut args = KMM_FLAGS.to_vec();
-    args.extend(["--worker-image", "quay.io/kmm/worker:latest"]);
+    args.extend([
+        "--delivery",
+        "layered",
+        "--worker-image",
+        "quay.io/kmm/worker:latest",
+    ]);
     let out = mcgen(&args);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -153,6 +173,8 @@ fn output_file_is_written_whole() {
     let out = mcgen(&[
         "-f",
         "examples/e1000.yaml",
+        "--delivery",
+        "layered",
         "--output-file",
         path.to_str().unwrap(),
     ]);
@@ -162,10 +184,9 @@ fn output_file_is_written_whole() {
     validate_ignition(&machine_config_ignition(&text));
 }
 
-#[test]
-fn units_verify_with_systemd_analyze() {
-    // The units as the repository has them, with ExecStart pointed at stand-in binaries
-    // (systemd-analyze checks that they exist and are executable).
+/// Runs `systemd-analyze verify` on units (name, text), with `/usr/local/bin/` pointed at
+/// stand-in binaries (systemd-analyze checks that they exist and are executable).
+fn verify_units(units: &[(String, String)]) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -176,11 +197,7 @@ fn units_verify_with_systemd_analyze() {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let mut paths = vec![];
-    for (name, text) in [
-        ("kmod-day1-load.service", mcgen::LOAD_UNIT),
-        ("kmod-day1-pull.service", mcgen::PULL_UNIT),
-        ("kmod-day1-pull-shutdown.service", mcgen::PULL_SHUTDOWN_UNIT),
-    ] {
+    for (name, text) in units {
         let unit = dir.path().join(name);
         std::fs::write(
             &unit,
@@ -199,6 +216,64 @@ fn units_verify_with_systemd_analyze() {
         out.status.success() && stderr.trim().is_empty(),
         "systemd-analyze verify: {stderr}"
     );
+}
+
+#[test]
+fn units_verify_with_systemd_analyze() {
+    // The units as the repository has them.
+    verify_units(
+        &[
+            ("kmod-day1-load.service", mcgen::LOAD_UNIT),
+            ("kmod-day1-pull.service", mcgen::PULL_UNIT),
+            ("kmod-day1-pull-shutdown.service", mcgen::PULL_SHUTDOWN_UNIT),
+        ]
+        .map(|(n, t)| (n.to_owned(), t.to_owned())),
+    );
+    // The units of the image delivery, as the MachineConfig carries them: the install unit
+    // and the others with their conditions on the binaries.
+    let out = mcgen(&[
+        "-f",
+        "examples/e1000.yaml",
+        "-o",
+        "ignition",
+        "--node-image",
+        NODE_IMAGE,
+    ]);
+    assert!(out.status.success());
+    let ign: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let units: Vec<(String, String)> = ign["systemd"]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["contents"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = units.iter().map(|u| u.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "kmod-day1-load.service",
+            "kmod-day1-pull.service",
+            "kmod-day1-pull-shutdown.service",
+            "kmod-day1-install.service"
+        ]
+    );
+    let pull = &units[1].1;
+    assert!(
+        pull.contains("\nAfter=kmod-day1-install.service\n"),
+        "{pull}"
+    );
+    assert!(
+        pull.contains("\nConditionFileIsExecutable=/usr/local/bin/kmod-day1-pull\n[Service]")
+            || pull
+                .contains("\nConditionFileIsExecutable=/usr/local/bin/kmod-day1-pull\n\n[Service]"),
+        "{pull}"
+    );
+    verify_units(&units);
 }
 
 #[test]
