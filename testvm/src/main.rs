@@ -10,7 +10,7 @@ use tracing::error;
 use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, scenarios, vm_image};
 
 /// End-to-end tests of kmod-day1 in a QEMU VM (TCG), with a real registry and the real
-/// Ignition. Runs as root. Cache: testvm/cache or $KMOD_DAY1_VM_CACHE.
+/// Ignition. Runs as root. Cache: /var/cache/kmod-day1-testvm or $KMOD_DAY1_VM_CACHE.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
