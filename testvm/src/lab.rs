@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::cmd::run;
 use crate::dirs::{write_file, Dirs};
-use crate::guest_overlay::{self, Overlay};
+use crate::guest_overlay::{self, Overlay, UnitLog};
 use crate::ignition_apply;
 use crate::kmod_image::{self, ImageSpec, PushedImage};
 use crate::modules_build::{self, BuiltModules, FIRMWARE};
@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub bench_script: Option<String>,
     /// Extra files (`path`, content) written into the root.
     pub files: Vec<(String, String)>,
+    /// Where the kmod-day1 units log.
+    pub unit_log: UnitLog,
 }
 
 impl Lab {
@@ -164,6 +166,7 @@ impl Lab {
             &Overlay {
                 registry: self.registry.guest_addr(),
                 bench_script: o.bench_script.clone(),
+                unit_log: o.unit_log,
             },
         )?;
         if let Some(d) = &o.pull_dropin {
