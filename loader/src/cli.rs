@@ -25,7 +25,7 @@ pub enum Command {
 pub struct UsageError(pub String);
 
 /// The flags that take a path or value, as `(flag, what)`; [`HELP`] documents each.
-pub const VALUE_FLAGS: &[&str] = &[
+const VALUE_FLAGS: &[&str] = &[
     "--config-dir",
     "--store",
     "--status",
@@ -77,7 +77,7 @@ OPTIONS
     --config-dir DIR      config files, one per MachineConfig   [/etc/kmod-day1/config.d]
     --store DIR           the store written by kmod-day1-pull    [/var/lib/kmod-day1]
     --status FILE         status file written by this run       [/run/kmod-day1/status.json]
-    --kernel-release KVER kernel release to load for            [uname -r]
+    --kernel-release KVER kernel release to load for            [/proc/sys/kernel/osrelease]
     --cmdline FILE        kernel command line                   [/proc/cmdline]
     --modules-root DIR    the node's modules, DIR/<kver>        [/lib/modules]
     --sysfs DIR           sysfs, for /sys/module                [/sys]
@@ -92,7 +92,8 @@ EXIT STATUS
     0   every set loaded, or nothing to do yet (not stored, no image, skipped, disabled)
     1   a set failed and was rolled back: the in-tree modules are loaded again (or it
         failed its preflight checks and nothing was touched)
-    2   bad usage or config: nothing was touched for it (other configs are still used)
+    2   bad usage or config: nothing was touched for it (other configs are still used);
+        or the kernel command line cannot be read: nothing was touched at all
     3   a rollback failed: an in-tree module could not be loaded back (see the journal)
     When several apply, the highest in the order 3, 1, 2, 0 is returned.
 

@@ -106,7 +106,7 @@ impl KernelModules for LinuxKernel {
 }
 
 /// Reads `<sysfs>/module/<name>/{initstate,refcnt,holders,srcversion}`.
-pub fn read_module_state(sysfs: &Path, name: &str) -> io::Result<Option<ModuleState>> {
+fn read_module_state(sysfs: &Path, name: &str) -> io::Result<Option<ModuleState>> {
     let dir = sysfs.join("module").join(name);
     if !dir.is_dir() {
         return Ok(None);

@@ -8,70 +8,108 @@
 //! load the modules in dependency order; on failure unload what was loaded and load the
 //! in-tree modules back. Each set's outcome and timings go to the status file.
 //!
-//! The kernel is reached only through [`kernel::KernelModules`], so all of this runs in
-//! unit tests against a fake kernel, unprivileged.
+//! The kernel is reached only through `kernel::KernelModules`, so all of this runs in
+//! unit tests against a fake kernel, unprivileged. The binary is [`main_exit_code`]; no
+//! other crate uses this library, so its modules are private and the compiler finds what
+//! is unused.
 
-pub mod cli;
-pub mod decompress;
-pub mod firmware;
-pub mod kernel;
-pub mod kmsg;
-pub mod modinfo;
-pub mod modules_dep;
-pub mod plan;
-pub mod swap;
+mod cli;
+mod decompress;
+mod duration;
+mod exit;
+mod firmware;
+mod kernel;
+mod kmsg;
+mod modinfo;
+mod modules_dep;
+mod plan;
+mod swap;
 #[cfg(test)]
 mod testutil;
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
-    is_valid_tree_id, load_config_dir, write_json_atomic, BootStatus, EscapeHatches, KernelRelease,
-    LoadedConfig, ModuleSet, SetState, SetStatus, StoreLayout, CONFIG_DIR, STATUS_FILE,
-    STATUS_VERSION, STORE_DIR, STORE_VERSION,
+    boot_id, is_valid_tree_id, kernel_command_line, kernel_release, load_config_dir,
+    write_json_atomic, BootStatus, EscapeHatches, KernelRelease, LoadedConfig, ModuleSet,
+    ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
+    CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR,
+    STORE_VERSION,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Level};
 
+use crate::cli::{parse_args, Command, HELP};
+use crate::duration::{micros, ms};
+use crate::exit::Exit;
 use crate::kernel::KernelModules;
+use crate::kernel::LinuxKernel;
 use crate::modules_dep::ModuleIndex;
-use crate::swap::{ms, swap_set, Node, SetInput};
+use crate::swap::{swap_set, Node, Rollback, SetInput};
 
-/// Every set loaded, or nothing to do yet (not stored, skipped, disabled).
-pub const EXIT_OK: u8 = 0;
-/// A set failed and was rolled back: the in-tree modules are loaded again.
-pub const EXIT_FAILED: u8 = 1;
-/// Bad usage or config: nothing was touched for it.
-pub const EXIT_USAGE: u8 = 2;
-/// A rollback failed: an in-tree module could not be loaded back.
-pub const EXIT_ROLLBACK_FAILED: u8 = 3;
+/// Parses the command line, runs against the running kernel and returns the process exit
+/// status. Usage errors go to stderr as they are; after parsing, every line goes through
+/// the shared [`StderrLog`].
+pub fn main_exit_code() -> ExitCode {
+    let opts = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Command::Run(o)) => *o,
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("kmod-day1-load {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kmod-day1-load: {e}");
+            return ExitCode::from(Exit::Config.code());
+        }
+    };
+    StderrLog::new(if opts.verbose {
+        Level::DEBUG
+    } else {
+        Level::INFO
+    })
+    .install();
+    let mut kernel = LinuxKernel::new(&opts.sysfs, &opts.kmsg);
+    match run(&opts, &mut kernel) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(Exit::Config.code())
+        }
+    }
+}
 
 /// Where everything is; each field is a command-line flag with the production default.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// `--config-dir`
-    pub config_dir: PathBuf,
-    /// `--store`
-    pub store: PathBuf,
-    /// `--status`
-    pub status: PathBuf,
-    /// `--kernel-release`; `None`: `uname -r`.
-    pub kernel_release: Option<String>,
-    /// `--cmdline`
-    pub cmdline: PathBuf,
-    /// `--modules-root`
-    pub modules_root: PathBuf,
-    /// `--sysfs`
-    pub sysfs: PathBuf,
-    /// `--firmware-dir`
-    pub firmware_dir: PathBuf,
-    /// `--kmsg`
-    pub kmsg: PathBuf,
-    /// `--boot-id-file`
-    pub boot_id_file: PathBuf,
-    /// `--verbose`
-    pub verbose: bool,
+struct Options {
+    /// `--config-dir`: the config files, one per MachineConfig.
+    config_dir: PathBuf,
+    /// `--store`: the store kmod-day1-pull writes (refs and trees).
+    store: PathBuf,
+    /// `--status`: the status file this run writes.
+    status: PathBuf,
+    /// `--kernel-release`: the release to load for; `None`: the running kernel's, read
+    /// from [`OSRELEASE_FILE`].
+    kernel_release: Option<String>,
+    /// `--cmdline`: the kernel command line, for the escape hatches.
+    cmdline: PathBuf,
+    /// `--modules-root`: the node's modules, `<modules_root>/<kver>`.
+    modules_root: PathBuf,
+    /// `--sysfs`: for `/sys/module` and the firmware search path.
+    sysfs: PathBuf,
+    /// `--firmware-dir`: where the image's firmware is copied.
+    firmware_dir: PathBuf,
+    /// `--kmsg`: the kernel log, read to name unknown symbols.
+    kmsg: PathBuf,
+    /// `--boot-id-file`: this boot's id, for the status file.
+    boot_id_file: PathBuf,
+    /// `--verbose`: log debug lines too.
+    verbose: bool,
 }
 
 impl Default for Options {
@@ -81,66 +119,46 @@ impl Default for Options {
             store: STORE_DIR.into(),
             status: STATUS_FILE.into(),
             kernel_release: None,
-            cmdline: "/proc/cmdline".into(),
+            cmdline: CMDLINE_FILE.into(),
             modules_root: "/lib/modules".into(),
             sysfs: "/sys".into(),
             firmware_dir: "/var/lib/firmware".into(),
             kmsg: "/dev/kmsg".into(),
-            boot_id_file: "/proc/sys/kernel/random/boot_id".into(),
+            boot_id_file: BOOT_ID_FILE.into(),
             verbose: false,
         }
     }
 }
 
-/// The worse of two exit codes: 3 > 1 > 2 > 0 (a failed set outranks a bad config file,
-/// which outranks success).
-pub fn worse(a: u8, b: u8) -> u8 {
-    let rank = |c| match c {
-        EXIT_ROLLBACK_FAILED => 3,
-        EXIT_FAILED => 2,
-        EXIT_USAGE => 1,
-        _ => 0,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The running kernel's release.
-pub fn running_kernel_release() -> anyhow::Result<String> {
-    let u = nix::sys::utsname::uname().context("calling uname")?;
-    u.release()
-        .to_str()
-        .map(str::to_owned)
-        .context("reading the kernel release: not UTF-8")
-}
-
-/// One run of the loader; returns the exit code. `Err` is a usage or config problem found
-/// before anything was touched (exit code [`EXIT_USAGE`]).
-pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<u8> {
+/// One run of the loader; returns how it ended. `Err` is a usage or config problem, or an
+/// unreadable kernel command line, found before anything was touched ([`Exit::Config`]).
+fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     let started = Instant::now();
-    let cmdline = std::fs::read_to_string(&opts.cmdline)
-        .with_context(|| format!("reading the kernel command line {}", opts.cmdline.display()))?;
-    let hatches = EscapeHatches::parse(&cmdline);
+    // Without the command line, kmod_day1.disable cannot be ruled out: touch nothing.
+    let hatches = kernel_command_line(&opts.cmdline)
+        .map_err(|e| anyhow!("{e}; doing nothing this boot, as with kmod_day1.disable"))?;
     if hatches.disabled {
         info!("kmod_day1.disable is on the kernel command line: doing nothing this boot");
-        return Ok(EXIT_OK);
+        return Ok(Exit::Ok);
     }
-    let release = match &opts.kernel_release {
-        Some(r) => r.clone(),
-        None => running_kernel_release()?,
+    let kver = match &opts.kernel_release {
+        Some(r) => KernelRelease::new(r).context("checking the kernel release")?,
+        None => kernel_release(Path::new(OSRELEASE_FILE))?,
     };
-    let kver = KernelRelease::new(&release).context("checking the kernel release")?;
+    // Only the pull's reboot decision needs the boot id: without it the pull cannot match
+    // this status to this boot and does not reboot, but the swap itself can go on.
+    let boot_id = boot_id(&opts.boot_id_file).unwrap_or_else(|e| {
+        warn!("{e}; the status gets an empty boot id, so kmod-day1-pull will not reboot; swapping goes on");
+        String::new()
+    });
     let (configs, bad) = load_config_dir(&opts.config_dir)
         .with_context(|| format!("reading the config directory {}", opts.config_dir.display()))?;
-    let mut code = EXIT_OK;
+    let mut exit = Exit::Ok;
     let mut errors = vec![];
     for e in bad {
         error!("{e}; skipping this file, the others are used");
         errors.push(e.to_string());
-        code = worse(code, EXIT_USAGE);
+        exit = exit.max(Exit::Config);
     }
     if configs.is_empty() {
         info!("no config in {}: nothing to do", opts.config_dir.display());
@@ -156,37 +174,81 @@ pub fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<u8> {
     let mut sets = vec![];
     for c in &configs {
         for set in &c.config.module_sets {
-            let (s, c) = handle_set(k, node, &store, &hatches, c, set, &kver);
-            code = worse(code, c);
-            sets.push(s);
+            let (status, set_exit) = handle_set(k, node, &store, &hatches, c, set, &kver);
+            exit = exit.max(set_exit);
+            sets.push(status);
         }
     }
     let status = BootStatus {
         version: STATUS_VERSION,
         kernel_release: kver.to_string(),
-        boot_id: std::fs::read_to_string(&opts.boot_id_file)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
+        boot_id,
         sets,
         errors,
-        total_us: started.elapsed().as_micros() as u64,
+        total_us: micros(started.elapsed()),
     };
     if let Err(e) = write_json_atomic(&opts.status, &status) {
         error!("writing the status file {}: {e}", opts.status.display());
     }
     let count = |s: SetState| status.sets.iter().filter(|x| x.state == s).count();
     info!(
-        "done in {} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed; exit code {code}",
+        "done in {} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed; exit code {}",
         ms(started.elapsed()),
         count(SetState::Loaded),
         count(SetState::NotStored),
         count(SetState::Skipped),
         count(SetState::NoImage),
         count(SetState::Failed),
+        exit.code(),
     );
-    Ok(code)
+    Ok(exit)
 }
 
+/// What became of one module set in this run.
+#[derive(Debug)]
+struct SetOutcome {
+    /// `Loaded` or `Failed` after a swap; `NotStored`, `NoImage`, `Skipped` or `Failed`
+    /// without one.
+    state: SetState,
+    /// Why the set is not loaded, or what was odd on the way (a ref of a future format).
+    error: Option<String>,
+    /// The exit status this set asks for.
+    exit: Exit,
+    /// What undoing a failed swap did.
+    rollback: Rollback,
+    /// Modules loaded or found loaded, in load order (a loaded set only).
+    modules: Vec<ModuleStatus>,
+    /// In-tree modules unloaded.
+    removed_in_tree: Vec<String>,
+    /// Time inside module syscalls.
+    kernel_time: Duration,
+}
+
+impl SetOutcome {
+    /// A set settled without a swap: the kernel was not touched for it.
+    fn without_swap(state: SetState, error: Option<String>, exit: Exit) -> Self {
+        Self {
+            state,
+            error,
+            exit,
+            rollback: Rollback::NotNeeded,
+            modules: vec![],
+            removed_in_tree: vec![],
+            kernel_time: Duration::ZERO,
+        }
+    }
+
+    /// The error for the status file: the failure, then the rollback's own failure.
+    fn status_error(&self) -> Option<String> {
+        match (&self.error, &self.rollback) {
+            (Some(e), Rollback::Failed(why)) => Some(format!("{e}; rollback failed: {why}")),
+            (e, _) => e.clone(),
+        }
+    }
+}
+
+/// One module set: finds its stored tree, swaps it in, logs the outcome and returns the
+/// set's status record and the exit status it asks for.
 fn handle_set(
     k: &mut dyn KernelModules,
     node: Node<'_>,
@@ -195,127 +257,176 @@ fn handle_set(
     cfg: &LoadedConfig,
     set: &ModuleSet,
     kver: &KernelRelease,
-) -> (SetStatus, u8) {
+) -> (SetStatus, Exit) {
     let started = Instant::now();
     let label = format!("{}/{}", cfg.name, set.name);
     let mut st = SetStatus::new(cfg.name.as_str(), set.name.as_str(), SetState::NotStored);
-    let (state, error, code, kernel) = (|| {
-        if hatches.skips(cfg.name.as_str(), set.name.as_str()) {
-            info!("{label}: skipped by kmod_day1.skip on the kernel command line");
-            return (SetState::Skipped, None, EXIT_OK, None);
+    let outcome = match stored_ref(store, hatches, cfg, set, kver, &label) {
+        Ok(stored) => {
+            st.image = Some(stored.record.image.clone());
+            st.manifest_digest = Some(stored.record.manifest_digest.clone());
+            swap_stored(k, node, store, set, &label, &stored)
         }
-        let image = match set.image_for(kver) {
-            Ok(Some(i)) => i.to_string(),
-            Ok(None) => {
-                info!("{label}: no image configured for kernel {kver}: nothing to do");
-                return (SetState::NoImage, None, EXIT_OK, None);
-            }
-            Err(e) => {
-                let e = format!("resolving the image for kernel {kver}: {e}");
-                error!("{label}: {e}");
-                return (SetState::Failed, Some(e), EXIT_USAGE, None);
-            }
-        };
-        let ref_path = store.ref_file(&cfg.name, &set.name, kver);
-        let r = match store.read_ref(&cfg.name, &set.name, kver) {
-            Ok(Some(r)) if r.version != STORE_VERSION => {
-                let e = format!(
-                    "{} has format version {}, this loader reads version {STORE_VERSION}; treated as not stored",
-                    ref_path.display(),
-                    r.version
-                );
-                warn!("{label}: {e}");
-                return (SetState::NotStored, Some(e), EXIT_OK, None);
-            }
-            Ok(Some(r)) if r.image == image => r,
-            Ok(Some(r)) => {
-                info!(
-                    "{label}: not stored for kernel {kver}: the store holds {}, the config now wants {image}; kmod-day1-pull will fetch it",
-                    r.image
-                );
-                return (SetState::NotStored, None, EXIT_OK, None);
-            }
-            Ok(None) => {
-                info!("{label}: not stored for kernel {kver} (image {image}): kmod-day1-pull will fetch it after the network is up");
-                return (SetState::NotStored, None, EXIT_OK, None);
-            }
-            Err(e) => {
-                let e = format!(
-                    "reading {}: {e}; treated as not stored, kmod-day1-pull will write it again",
-                    ref_path.display()
-                );
-                warn!("{label}: {e}");
-                return (SetState::NotStored, Some(e), EXIT_OK, None);
-            }
-        };
-        st.image = Some(r.image.clone());
-        st.manifest_digest = Some(r.manifest_digest.clone());
-        let tree_modules = store.tree_modules(&r.tree);
-        if !is_valid_tree_id(&r.tree) || !tree_modules.is_dir() {
-            let e = format!(
-                "the ref {} points at tree {:?}, which is not in the store; kmod-day1-pull will fetch it again",
-                ref_path.display(),
-                r.tree
-            );
-            error!("{label}: {e}");
-            return (SetState::Failed, Some(e), EXIT_FAILED, None);
-        }
-        let fw_dir = store.tree_firmware(&r.tree);
-        let firmware = match &set.firmware_path {
-            Some(p) if fw_dir.is_dir() => Some(fw_dir.as_path()),
-            Some(p) => {
-                warn!("{label}: firmwarePath {p} is set but the stored tree has no firmware");
-                None
-            }
-            None => None,
-        };
-        info!(
-            "{label}: swapping in {} ({}) for kernel {kver}",
-            r.image, r.manifest_digest
-        );
-        let image_index = ModuleIndex::image(tree_modules);
-        let res = swap_set(
-            k,
-            node,
-            SetInput {
-                label: &label,
-                set,
-                image: &image_index,
-                firmware,
-            },
-        );
-        st.modules = res.modules;
-        st.removed_in_tree = res.removed_in_tree;
-        st.rolled_back = res.rolled_back;
-        let code = if res.rollback_failed {
-            EXIT_ROLLBACK_FAILED
-        } else if res.state == SetState::Failed {
-            EXIT_FAILED
-        } else {
-            EXIT_OK
-        };
-        (res.state, res.error, code, Some(res.kernel))
-    })();
-    let kernel = kernel.unwrap_or_default();
-    st.state = state;
-    st.error = error;
-    st.kernel_us = kernel.as_micros() as u64;
-    st.overhead_us = started.elapsed().saturating_sub(kernel).as_micros() as u64;
-    match (&st.state, &st.error) {
+        Err(settled) => settled,
+    };
+    let overhead_time = started.elapsed().saturating_sub(outcome.kernel_time);
+    let error = outcome.status_error();
+    match (outcome.state, &error) {
         (SetState::Loaded, _) => info!(
             "{label}: loaded: {} modules ({} already loaded), kernel {} ms, own {} ms",
-            st.modules.len(),
-            st.modules.iter().filter(|m| m.already_loaded).count(),
-            ms(std::time::Duration::from_micros(st.kernel_us)),
-            ms(std::time::Duration::from_micros(st.overhead_us))
+            outcome.modules.len(),
+            outcome.modules.iter().filter(|m| m.already_loaded).count(),
+            ms(outcome.kernel_time),
+            ms(overhead_time)
         ),
-        (SetState::Failed, Some(e)) if st.rolled_back => {
-            error!("{label}: failed and rolled back: {e}")
+        (SetState::Failed, Some(e)) if outcome.rollback == Rollback::NotNeeded => {
+            error!("{label}: failed, nothing changed: {e}")
         }
-        (SetState::Failed, Some(e)) => error!("{label}: failed, nothing changed: {e}"),
+        (SetState::Failed, Some(e)) => error!("{label}: failed and rolled back: {e}"),
         _ => {}
     }
-    (st, code)
+    st.state = outcome.state;
+    st.error = error;
+    st.modules = outcome.modules;
+    st.removed_in_tree = outcome.removed_in_tree;
+    // The status keeps its one boolean: a rollback was tried (the error says if it failed).
+    st.rolled_back = outcome.rollback != Rollback::NotNeeded;
+    st.kernel_us = micros(outcome.kernel_time);
+    st.overhead_us = micros(overhead_time);
+    (st, outcome.exit)
+}
+
+/// A set's ref in the store, and the file it was read from.
+#[derive(Debug)]
+struct StoredRef {
+    file: PathBuf,
+    record: RefRecord,
+}
+
+/// The store's ref for one set and the running kernel, for the configured image; `Err` is
+/// the set's outcome when there is nothing to swap in: skipped on the command line, no
+/// image for this kernel, or not stored (yet, for another image, in a future format, or
+/// unreadable).
+fn stored_ref(
+    store: &StoreLayout,
+    hatches: &EscapeHatches,
+    cfg: &LoadedConfig,
+    set: &ModuleSet,
+    kver: &KernelRelease,
+    label: &str,
+) -> Result<StoredRef, SetOutcome> {
+    let settled = SetOutcome::without_swap;
+    if hatches.skips(cfg.name.as_str(), set.name.as_str()) {
+        info!("{label}: skipped by kmod_day1.skip on the kernel command line");
+        return Err(settled(SetState::Skipped, None, Exit::Ok));
+    }
+    let image = match set.image_for(kver) {
+        Ok(Some(i)) => i.to_string(),
+        Ok(None) => {
+            info!("{label}: no image configured for kernel {kver}: nothing to do");
+            return Err(settled(SetState::NoImage, None, Exit::Ok));
+        }
+        Err(e) => {
+            let e = format!("resolving the image for kernel {kver}: {e}");
+            error!("{label}: {e}");
+            return Err(settled(SetState::Failed, Some(e), Exit::Config));
+        }
+    };
+    let ref_path = store.ref_file(&cfg.name, &set.name, kver);
+    match store.read_ref(&cfg.name, &set.name, kver) {
+        Ok(Some(r)) if r.version != STORE_VERSION => {
+            let e = format!(
+                "{} has format version {}, this loader reads version {STORE_VERSION}; treated as not stored",
+                ref_path.display(),
+                r.version
+            );
+            warn!("{label}: {e}");
+            Err(settled(SetState::NotStored, Some(e), Exit::Ok))
+        }
+        Ok(Some(record)) if record.image == image => Ok(StoredRef {
+            file: ref_path,
+            record,
+        }),
+        Ok(Some(r)) => {
+            info!(
+                "{label}: not stored for kernel {kver}: the store holds {}, the config now wants {image}; kmod-day1-pull will fetch it",
+                r.image
+            );
+            Err(settled(SetState::NotStored, None, Exit::Ok))
+        }
+        Ok(None) => {
+            info!("{label}: not stored for kernel {kver} (image {image}): kmod-day1-pull will fetch it after the network is up");
+            Err(settled(SetState::NotStored, None, Exit::Ok))
+        }
+        Err(e) => {
+            let e = format!(
+                "reading {}: {e}; treated as not stored, kmod-day1-pull will write it again",
+                ref_path.display()
+            );
+            warn!("{label}: {e}");
+            Err(settled(SetState::NotStored, Some(e), Exit::Ok))
+        }
+    }
+}
+
+/// Swaps in the tree a ref points at, if the store has it.
+fn swap_stored(
+    k: &mut dyn KernelModules,
+    node: Node<'_>,
+    store: &StoreLayout,
+    set: &ModuleSet,
+    label: &str,
+    stored: &StoredRef,
+) -> SetOutcome {
+    let r = &stored.record;
+    let tree_modules = store.tree_modules(&r.tree);
+    if !is_valid_tree_id(&r.tree) || !tree_modules.is_dir() {
+        let e = format!(
+            "the ref {} points at tree {:?}, which is not in the store; kmod-day1-pull will fetch it again",
+            stored.file.display(),
+            r.tree
+        );
+        error!("{label}: {e}");
+        return SetOutcome::without_swap(SetState::Failed, Some(e), Exit::Failed);
+    }
+    let fw_dir = store.tree_firmware(&r.tree);
+    let firmware = match &set.firmware_path {
+        Some(_) if fw_dir.is_dir() => Some(fw_dir.as_path()),
+        Some(p) => {
+            warn!("{label}: firmwarePath {p} is set but the stored tree has no firmware");
+            None
+        }
+        None => None,
+    };
+    info!(
+        "{label}: swapping in {} ({}) for kernel {}",
+        r.image, r.manifest_digest, node.kernel_release
+    );
+    let image = ModuleIndex::image(tree_modules);
+    let swap = swap_set(
+        k,
+        node,
+        SetInput {
+            label,
+            set,
+            image: &image,
+            firmware,
+        },
+    );
+    let exit = match (&swap.rollback, swap.state) {
+        (Rollback::Failed(_), _) => Exit::RollbackFailed,
+        (_, SetState::Failed) => Exit::Failed,
+        _ => Exit::Ok,
+    };
+    SetOutcome {
+        state: swap.state,
+        error: swap.error,
+        exit,
+        rollback: swap.rollback,
+        modules: swap.modules,
+        removed_in_tree: swap.removed_in_tree,
+        kernel_time: swap.kernel_time,
+    }
 }
 
 #[cfg(test)]
@@ -397,7 +508,7 @@ mod tests {
     #[test]
     fn loads_a_stored_set_and_reports_it() {
         let (f, mut k) = node();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
         assert_eq!(k.loaded["ice"].params, "debug=1");
         assert_eq!(
@@ -439,7 +550,7 @@ mod tests {
 
         // Idempotent: the second run loads nothing and says so.
         k.calls.clear();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert!(k.calls.is_empty(), "{:?}", k.calls);
         assert!(status(&f).sets[0].modules[0].already_loaded);
     }
@@ -448,7 +559,7 @@ mod tests {
     fn nothing_stored_is_not_an_error() {
         let (f, mut k) = node();
         std::fs::remove_dir_all(f.store().join("refs")).unwrap();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert_eq!(status(&f).sets[0].state, SetState::NotStored);
         assert!(k.calls.is_empty());
 
@@ -459,7 +570,7 @@ mod tests {
             .unwrap()
             .replace("\"version\": 1", "\"version\": 2");
         std::fs::write(&p, text).unwrap();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         let s = status(&f);
         assert_eq!(s.sets[0].state, SetState::NotStored);
         assert!(s.sets[0]
@@ -471,7 +582,7 @@ mod tests {
 
         // A ref for another image (the config changed since the pull) is not used.
         store_ref(&f, "99-ice", "ice", "registry.local/kmod/ice:v0");
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert_eq!(status(&f).sets[0].state, SetState::NotStored);
         assert!(k.calls.is_empty());
     }
@@ -480,12 +591,12 @@ mod tests {
     fn escape_hatches() {
         let (f, mut k) = node();
         std::fs::write(f.path("cmdline"), "quiet kmod_day1.disable\n").unwrap();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert!(!f.status().exists());
         assert!(k.calls.is_empty());
 
         std::fs::write(f.path("cmdline"), "quiet kmod_day1.skip=99-ice/ice\n").unwrap();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert_eq!(status(&f).sets[0].state, SetState::Skipped);
         assert!(k.calls.is_empty());
     }
@@ -494,7 +605,7 @@ mod tests {
     fn failures_roll_back_and_set_the_exit_code() {
         let (f, mut k) = node();
         k.fail_load("ice", Errno::ENOEXEC);
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_FAILED);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Failed);
         let s = status(&f);
         assert_eq!(s.sets[0].state, SetState::Failed);
         assert!(s.sets[0].rolled_back);
@@ -507,7 +618,7 @@ mod tests {
 
         k.fail_load("ice", Errno::ENOEXEC);
         k.fail_load("ice", Errno::ENOEXEC);
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_ROLLBACK_FAILED);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::RollbackFailed);
         assert!(status(&f).sets[0]
             .error
             .as_deref()
@@ -528,7 +639,7 @@ mod tests {
                 "modules": [{"name": "x"}],
             }]),
         );
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_USAGE);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Config);
         let s = status(&f);
         assert_eq!(s.errors.len(), 1);
         assert!(s.errors[0].contains("10-bad.json"), "{:?}", s.errors);
@@ -549,7 +660,7 @@ mod tests {
         let (f2, mut k2) = node();
         std::fs::write(f2.config_dir().join("10-bad.json"), "{").unwrap();
         k2.fail_load("ice", Errno::ENOEXEC);
-        assert_eq!(run(&opts(&f2), &mut k2).unwrap(), EXIT_FAILED);
+        assert_eq!(run(&opts(&f2), &mut k2).unwrap(), Exit::Failed);
     }
 
     #[test]
@@ -560,7 +671,7 @@ mod tests {
         config(&f, "50-bnx", serde_json::json!([bnx]));
         store_ref(&f, "50-bnx", "bnx", IMAGE);
         k.fail_load("bnx", Errno::ENOMEM);
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_FAILED);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Failed);
         let s = status(&f);
         let states: Vec<_> = s.sets.iter().map(|x| (x.set.as_str(), x.state)).collect();
         assert_eq!(
@@ -571,7 +682,7 @@ mod tests {
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
         // `kmod_day1.skip=SET` skips the set in every config; CONFIG/SET only there.
         std::fs::write(f.path("cmdline"), "kmod_day1.skip=50-bnx/bnx,ice\n").unwrap();
-        assert_eq!(run(&opts(&f), &mut k).unwrap(), EXIT_OK);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Ok);
         assert!(status(&f).sets.iter().all(|x| x.state == SetState::Skipped));
     }
 
@@ -584,21 +695,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("kernel release"));
-        let mut o = opts(&f);
-        o.cmdline = f.path("nope");
-        assert!(format!("{:#}", run(&o, &mut k).unwrap_err())
-            .contains("reading the kernel command line"));
         assert!(k.calls.is_empty());
     }
 
     #[test]
-    fn exit_codes_rank() {
-        assert_eq!(worse(EXIT_OK, EXIT_USAGE), EXIT_USAGE);
-        assert_eq!(worse(EXIT_USAGE, EXIT_FAILED), EXIT_FAILED);
-        assert_eq!(
-            worse(EXIT_ROLLBACK_FAILED, EXIT_FAILED),
-            EXIT_ROLLBACK_FAILED
+    fn an_unreadable_command_line_touches_nothing() {
+        let (f, mut k) = node();
+        let mut o = opts(&f);
+        o.cmdline = f.path("nope");
+        let e = format!("{:#}", run(&o, &mut k).unwrap_err());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "cannot read the kernel command line from {}: ",
+                f.path("nope").display()
+            )),
+            "{e}"
         );
-        assert_eq!(worse(EXIT_FAILED, EXIT_OK), EXIT_FAILED);
+        assert!(
+            e.ends_with("; doing nothing this boot, as with kmod_day1.disable"),
+            "{e}"
+        );
+        assert!(k.calls.is_empty());
+        assert!(!f.status().exists());
+    }
+
+    #[test]
+    fn an_unreadable_boot_id_still_swaps_with_an_empty_one() {
+        let (f, mut k) = node();
+        let mut o = opts(&f);
+        o.boot_id_file = f.path("nope");
+        assert_eq!(run(&o, &mut k).unwrap(), Exit::Ok);
+        let s = status(&f);
+        assert_eq!(s.boot_id, "");
+        assert_eq!(s.sets[0].state, SetState::Loaded);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC-OOT"));
+        // An empty file is no boot id either.
+        std::fs::write(f.path("empty"), "").unwrap();
+        o.boot_id_file = f.path("empty");
+        assert_eq!(run(&o, &mut k).unwrap(), Exit::Ok);
+        assert_eq!(status(&f).boot_id, "");
     }
 }

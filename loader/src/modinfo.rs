@@ -49,7 +49,9 @@ impl ModInfo {
         Ok(Self::parse(&section))
     }
 
-    /// Reads a module image already in memory.
+    /// Reads a module image already in memory. Only the fake kernel of the tests needs it
+    /// (the real `init_module` takes the image as it is).
+    #[cfg(test)]
     pub fn from_image(image: &[u8]) -> Result<Self, String> {
         Ok(Self::parse(&modinfo_section(&image)?))
     }

@@ -24,7 +24,7 @@ pub struct DepEntry {
 }
 
 /// The kernel's name for a module file: `kernel/x/ice-foo.ko.xz` -> `ice_foo`.
-pub fn module_name_of(path: &str) -> Option<String> {
+fn module_name_of(path: &str) -> Option<String> {
     let base = path.rsplit('/').next()?;
     let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
@@ -92,6 +92,9 @@ fn names_module(line: &str, name: &str) -> bool {
 /// Parses all of a `modules.dep` text. Relative paths are joined to `base`. With
 /// `contained`, a path that is absolute or climbs out with `..` is an error (an image is
 /// untrusted input). When a module is listed twice, the first line wins, as in modprobe.
+/// The loader itself looks up one module at a time ([`ModuleIndex::lookup`]); this reads
+/// every line the same way, for the tests.
+#[cfg(test)]
 pub fn parse_modules_dep(
     base: &Path,
     text: &str,
@@ -107,7 +110,7 @@ pub fn parse_modules_dep(
 }
 
 /// Module names listed in `modules.builtin` (built into the kernel: nothing to load).
-pub fn parse_modules_builtin(text: &str) -> HashSet<String> {
+fn parse_modules_builtin(text: &str) -> HashSet<String> {
     text.lines()
         .filter_map(|l| module_name_of(l.trim()))
         .collect()

@@ -82,7 +82,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// Adds a module the config lists (it must be in the image when there is one).
-    pub fn add_configured(&mut self, name: &str, params: String) -> Result<(), PreflightError> {
+    fn add_configured(&mut self, name: &str, params: String) -> Result<(), PreflightError> {
         self.visit(name, Some(params), None)
     }
 

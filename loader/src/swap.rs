@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use tracing::{debug, info, warn};
 
 use crate::decompress::{self, Compression};
+use crate::duration::{micros, ms};
 use crate::firmware;
 use crate::kernel::{explain_load_error, explain_unload_error, KernelModules, ModuleState};
 use crate::modules_dep::ModuleIndex;
@@ -30,13 +31,14 @@ const EBUSY_WAIT: Duration = Duration::from_millis(25);
 /// The node around a swap.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
-    /// `uname -r`.
+    /// The release modules are loaded for (the running kernel's, or `--kernel-release`).
     pub kernel_release: &'a str,
-    /// `/lib/modules/<kver>`.
+    /// The node's modules, `/lib/modules/<kver>`: dependencies the image lacks, and what
+    /// a rollback loads back.
     pub in_tree: &'a ModuleIndex,
-    /// `/sys`.
+    /// sysfs (`/sys`), where the firmware search path is set.
     pub sysfs: &'a Path,
-    /// `/var/lib/firmware`.
+    /// Where the image's firmware is copied (`/var/lib/firmware`).
     pub firmware_dir: &'a Path,
 }
 
@@ -53,6 +55,18 @@ pub struct SetInput<'a> {
     pub firmware: Option<&'a Path>,
 }
 
+/// What the rollback after a failed swap did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollback {
+    /// Nothing to undo: the swap succeeded, or failed its preflight before touching the
+    /// kernel.
+    NotNeeded,
+    /// What the swap loaded is unloaded and the in-tree modules it removed are back.
+    Done,
+    /// Undoing failed, with why: an in-tree module may not be back.
+    Failed(String),
+}
+
 /// The outcome of a swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwapResult {
@@ -62,13 +76,11 @@ pub struct SwapResult {
     pub modules: Vec<ModuleStatus>,
     /// In-tree modules unloaded.
     pub removed_in_tree: Vec<String>,
-    /// A failure was rolled back.
-    pub rolled_back: bool,
-    /// The rollback itself failed: an in-tree module is not back.
-    pub rollback_failed: bool,
+    /// What undoing a failure did.
+    pub rollback: Rollback,
     /// Time inside module syscalls.
-    pub kernel: Duration,
-    /// The failure (and the rollback's, if any).
+    pub kernel_time: Duration,
+    /// The failure; the rollback's own failure is in [`Rollback::Failed`].
     pub error: Option<String>,
 }
 
@@ -76,7 +88,8 @@ struct Swap<'k, 'a> {
     k: &'k mut dyn KernelModules,
     node: Node<'a>,
     label: &'a str,
-    kernel: Duration,
+    /// Time inside module syscalls so far.
+    kernel_time: Duration,
     loaded_by_us: Vec<String>,
     removed: Vec<String>,
     /// `inTreeModulesToRemove`, kernel names.
@@ -90,7 +103,7 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
         k,
         node,
         label: input.label,
-        kernel: Duration::ZERO,
+        kernel_time: Duration::ZERO,
         loaded_by_us: vec![],
         removed: vec![],
         removable: input
@@ -103,25 +116,26 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
     };
     let (plan, to_unload) = match s.preflight(input) {
         Ok(p) => p,
-        Err(e) => return s.finish(Some(e.to_string()), false, false),
+        Err(e) => return s.finish(Some(e.to_string()), Rollback::NotNeeded),
     };
     match s.apply(&plan, &to_unload, input.firmware) {
-        Ok(()) => s.finish(None, false, false),
+        Ok(()) => s.finish(None, Rollback::NotNeeded),
         Err(e) => {
             warn!("{}: {e}; rolling back", s.label);
-            match s.rollback() {
+            let rollback = match s.rollback() {
                 Ok(()) => {
                     info!("{}: rolled back: in-tree modules restored", s.label);
-                    s.finish(Some(e), true, false)
+                    Rollback::Done
                 }
-                Err(r) => s.finish(Some(format!("{e}; rollback failed: {r}")), true, true),
-            }
+                Err(why) => Rollback::Failed(why),
+            };
+            s.finish(Some(e), rollback)
         }
     }
 }
 
 impl Swap<'_, '_> {
-    fn finish(self, error: Option<String>, rolled_back: bool, rollback_failed: bool) -> SwapResult {
+    fn finish(self, error: Option<String>, rollback: Rollback) -> SwapResult {
         SwapResult {
             state: if error.is_none() {
                 SetState::Loaded
@@ -134,9 +148,8 @@ impl Swap<'_, '_> {
                 vec![]
             },
             removed_in_tree: self.removed,
-            rolled_back,
-            rollback_failed,
-            kernel: self.kernel,
+            rollback,
+            kernel_time: self.kernel_time,
             error,
         }
     }
@@ -304,10 +317,10 @@ impl Swap<'_, '_> {
             .k
             .module_state(&m.name)
             .map_err(|e| format!("reading the state of module {}: {e}", m.name))?;
-        let (already_loaded, load_us) = match st {
+        let (already_loaded, load_time) = match st {
             Some(st) if m.origin == Origin::InTree || st.builtin => {
                 debug!("{}: {} is already loaded", self.label, m.name);
-                (true, 0)
+                (true, Duration::ZERO)
             }
             Some(st) if is_same_module(&st, m) => {
                 info!(
@@ -316,7 +329,7 @@ impl Swap<'_, '_> {
                     m.name,
                     st.srcversion.as_deref().unwrap_or("-")
                 );
-                (true, 0)
+                (true, Duration::ZERO)
             }
             Some(st) => {
                 return Err(format!(
@@ -340,7 +353,7 @@ impl Swap<'_, '_> {
                     },
                     ms(d)
                 );
-                (false, d.as_micros() as u64)
+                (false, d)
             }
         };
         self.modules.push(ModuleStatus {
@@ -348,7 +361,7 @@ impl Swap<'_, '_> {
             version,
             srcversion,
             already_loaded,
-            load_us,
+            load_us: micros(load_time),
         });
         Ok(())
     }
@@ -417,7 +430,7 @@ impl Swap<'_, '_> {
             r = self.k.init_module(&image, &cparams);
             d += t.elapsed();
         }
-        self.kernel += d;
+        self.kernel_time += d;
         match r {
             Ok(()) => Ok(d),
             Err(errno) => {
@@ -438,7 +451,7 @@ impl Swap<'_, '_> {
             let t = Instant::now();
             let r = self.k.delete_module(name);
             let d = t.elapsed();
-            self.kernel += d;
+            self.kernel_time += d;
             total += d;
             match r {
                 Ok(()) | Err(Errno::ENOENT) => return Ok(total),
@@ -523,22 +536,6 @@ fn is_same_module(st: &ModuleState, m: &PlannedModule) -> bool {
     }
 }
 
-/// Milliseconds with one decimal, for log lines (integer arithmetic: no float formatting
-/// code in the binary).
-pub fn ms(d: Duration) -> Millis {
-    Millis(d.as_micros())
-}
-
-/// A duration printed as milliseconds, e.g. `12.3`.
-#[derive(Debug, Clone, Copy)]
-pub struct Millis(u128);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.0 / 1000, self.0 % 1000 / 100)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,7 +604,7 @@ mod tests {
         assert_eq!(names, [("dpll", false), ("ice", false)]);
         assert_eq!(r.modules[1].version.as_deref(), Some("1.0-ice"));
         assert_eq!(r.modules[1].srcversion.as_deref(), Some("SRC-OOT"));
-        assert!(!r.rolled_back);
+        assert_eq!(r.rollback, Rollback::NotNeeded);
     }
 
     #[test]
@@ -700,7 +697,7 @@ mod tests {
             let before = snapshot(&k);
             let r = swap(&f, &mut k, &f.set(&["ice"], &["ice_aux", "ice"]), Some(&fw));
             assert_eq!(r.state, SetState::Failed, "{step}");
-            assert!(r.rolled_back && !r.rollback_failed, "{step}: {:?}", r.error);
+            assert_eq!(r.rollback, Rollback::Done, "{step}: {:?}", r.error);
             let e = r.error.unwrap();
             assert!(e.contains(want), "{step}: {e}");
             // Back to where it was: the in-tree modules, nothing of the image.
@@ -723,13 +720,12 @@ mod tests {
         k.fail_load("ice", Errno::ENOMEM); // the in-tree ice, loaded back
         let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
         assert_eq!(r.state, SetState::Failed);
-        assert!(r.rolled_back && r.rollback_failed);
+        let Rollback::Failed(why) = &r.rollback else {
+            panic!("{:?}", r.rollback)
+        };
+        assert!(why.contains("loading back in-tree ice"), "{why}");
         let e = r.error.unwrap();
-        assert!(
-            e.contains("invalid module format")
-                && e.contains("rollback failed: loading back in-tree ice"),
-            "{e}"
-        );
+        assert!(e.contains("invalid module format"), "{e}");
     }
 
     #[test]
@@ -752,13 +748,13 @@ mod tests {
             "{e}"
         );
         assert!(k.calls.is_empty());
-        assert!(!r.rolled_back);
+        assert_eq!(r.rollback, Rollback::NotNeeded);
         assert_eq!(snapshot(&k), before);
 
         // Listed in order: irdma goes first; a failure brings both back, ice first.
         k.fail_load("ice", Errno::ENOEXEC);
         let r = swap(&f, &mut k, &f.set(&["ice"], &["irdma", "ice"]), None);
-        assert!(r.rolled_back && !r.rollback_failed, "{:?}", r.error);
+        assert_eq!(r.rollback, Rollback::Done, "{:?}", r.error);
         assert_eq!(
             k.calls,
             [
@@ -842,13 +838,6 @@ mod tests {
     }
 
     #[test]
-    fn milliseconds_print_with_one_decimal() {
-        assert_eq!(ms(Duration::from_micros(12_345)).to_string(), "12.3");
-        assert_eq!(ms(Duration::from_micros(99)).to_string(), "0.0");
-        assert_eq!(ms(Duration::from_secs(2)).to_string(), "2000.0");
-    }
-
-    #[test]
     fn a_module_still_initialising_is_waited_for() {
         let (f, mut k) = ice_node();
         k.fail_unload("ice", Errno::EBUSY);
@@ -895,7 +884,7 @@ mod tests {
         let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
         let e = r.error.unwrap();
         assert!(e.contains("unknown symbol ghost_symbol"), "{e}");
-        assert!(r.rolled_back);
+        assert_ne!(r.rollback, Rollback::NotNeeded);
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
     }
 

@@ -111,6 +111,45 @@ fn escape_hatches_and_bad_input() {
 }
 
 #[test]
+fn unreadable_node_facts_are_one_line_each() {
+    // No command line: one error line naming the file, nothing done, no status.
+    let d = node();
+    std::fs::remove_file(d.path().join("cmdline")).unwrap();
+    let o = run(d.path(), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    let cmdline = d.path().join("cmdline");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "ERROR cannot read the kernel command line from {}: ",
+            cmdline.display()
+        )) && err.ends_with("; doing nothing this boot, as with kmod_day1.disable\n"),
+        "{err}"
+    );
+    assert!(!d.path().join("run/status.json").exists());
+
+    // No boot id: one warning line, an empty boot id, the run goes on.
+    let d = node();
+    std::fs::remove_file(d.path().join("boot_id")).unwrap();
+    let o = run(d.path(), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<_> = err.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("cannot read the boot id from")
+            && warnings[0].contains("kmod-day1-pull will not reboot"),
+        "{err}"
+    );
+    assert!(err.contains("1 not stored"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("run/status.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["bootId"], "");
+}
+
+#[test]
 fn help_reads_like_a_manual() {
     let o = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(o.status.code(), Some(0));

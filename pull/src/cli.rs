@@ -34,7 +34,7 @@ result is in STORE/last-pull.json.
 EXIT STATUS
   0  every image present; a reboot was asked for if one was needed
   1  a pull failed: the store is unchanged for it, no reboot
-  2  bad usage or config: nothing touched
+  2  bad usage or config, or an unreadable kernel command line: nothing touched
   3  a reboot was needed but the reboot-loop guard refused it (see reboots.json)
 
 KERNEL COMMAND LINE
@@ -69,6 +69,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = crate::registries_conf::REGISTRIES_CONF)]
     pub registries_conf: PathBuf,
 
+    /// Image trust policy (containers-policy.json(5)); checked before any blob is fetched.
+    #[arg(long, value_name = "FILE", default_value = crate::policy::POLICY_JSON)]
+    pub policy: PathBuf,
+
+    /// containers-registries.d(5) directory (use-sigstore-attachments).
+    #[arg(long = "registries.d", value_name = "DIR", default_value = crate::registries_d::REGISTRIES_D)]
+    pub registries_d: PathBuf,
+
     /// Per-registry CA directories (<host[:port]>/*.crt), used with the system bundle.
     #[arg(long, value_name = "DIR", default_value = "/etc/containers/certs.d")]
     pub certs_dir: PathBuf,
@@ -86,15 +94,11 @@ pub struct Cli {
     pub request_timeout: u64,
 
     /// File holding this boot's id.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/proc/sys/kernel/random/boot_id"
-    )]
+    #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::BOOT_ID_FILE)]
     pub boot_id: PathBuf,
 
     /// Kernel command line (escape hatches).
-    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::CMDLINE_FILE)]
     pub cmdline: PathBuf,
 
     /// Largest file accepted from an image, in MiB.

@@ -23,16 +23,15 @@
 //! are skipped with a warning instead of failing the image.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kmod_day1_contract::{AbsPath, KernelRelease};
 use tracing::warn;
 
-/// Read size from a layer's stream.
-const LAYER_BUFFER: usize = 256 * 1024;
+use crate::{decode, durable};
 
 /// Size limits against hostile or broken layers.
 #[derive(Debug, Clone, Copy)]
@@ -163,28 +162,8 @@ impl TreeBuilder {
             layer: layer_name.to_owned(),
             message,
         };
-        // The first bytes may arrive in several reads (a stream from the network, cut after
-        // one byte): read the 4 the magic needs, then put them back in front.
-        let mut layer = layer;
-        let mut magic = Vec::with_capacity(4);
-        (&mut layer)
-            .take(4)
-            .read_to_end(&mut magic)
+        let limited = decode::layer_tar(layer, self.limits.max_layer)
             .map_err(|e| fmt_err(format!("reading: {e}")))?;
-        let buffered =
-            BufReader::with_capacity(LAYER_BUFFER, io::Cursor::new(magic.clone()).chain(layer));
-        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Box::new(ZstdFrames::new(buffered).map_err(|e| fmt_err(format!("zstd: {e}")))?)
-        } else {
-            Box::new(buffered)
-        };
-        let limited = LimitedReader {
-            inner: decoded,
-            left: self.limits.max_layer,
-            limit: self.limits.max_layer,
-        };
         let mut archive = tar::Archive::new(limited);
         let entries = archive
             .entries()
@@ -256,115 +235,15 @@ impl TreeBuilder {
                 self.ensure_dir(&rel, layer, raw)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().unwrap_or(u64::MAX);
-                if size > self.limits.max_entry {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        format!(
-                            "{size} bytes is over the {}-byte entry limit",
-                            self.limits.max_entry
-                        ),
-                    ));
-                }
-                if self.stats.bytes + size > self.limits.max_tree {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        format!(
-                            "the tree would exceed the {}-byte limit",
-                            self.limits.max_tree
-                        ),
-                    ));
-                }
-                self.prepare_leaf(&rel, layer, raw)?;
-                let path = self.root.join(&rel);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| self.io(&rel, e))?;
-                let n = copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
-                    .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
-                if n != size {
-                    return Err(Self::refuse(
-                        layer,
-                        raw,
-                        "data ends before its declared size",
-                    ));
-                }
-                // Keep the rwx bits only: no setuid, setgid or sticky from an image.
-                f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
-                    .map_err(|e| self.io(&rel, e))?;
-                // No fsync here: `finish` fsyncs every file once all layers are written
-                // (writeback has been started already), so extraction never waits for the
-                // disk while the download streams in.
-                self.stats.files += 1;
-                self.stats.bytes += size;
+                self.write_file(entry, &rel, mode, layer, raw)?;
             }
             tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let fixed = match self.symlink_target(&target, &link) {
-                    Ok(t) => t,
-                    Err(why) => {
-                        let kernel_link = target.root == 0
-                            && target.rest.len() == 1
-                            && matches!(target.rest[0].as_str(), "build" | "source");
-                        if kernel_link {
-                            warn!(
-                                entry = raw,
-                                target = link,
-                                "skipping the kernel's {} link: it points outside the image",
-                                target.rest[0]
-                            );
-                            return Ok(());
-                        }
-                        return Err(Self::refuse(layer, raw, why));
-                    }
-                };
-                self.prepare_leaf(&rel, layer, raw)?;
-                std::os::unix::fs::symlink(&fixed, self.root.join(&rel))
-                    .map_err(|e| self.io(&rel, e))?;
+                if !self.make_symlink(entry, &target, &rel, layer, raw)? {
+                    return Ok(());
+                }
             }
             tar::EntryType::Link => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                let lcomps = archive_path(&link).map_err(|why| {
-                    Self::refuse(layer, raw, format!("hardlink target {link:?} {why}"))
-                })?;
-                let src = match self.map(&lcomps) {
-                    Some(t) if t.root == target.root => self.rel(&t),
-                    _ => {
-                        return Err(Self::refuse(
-                            layer,
-                            raw,
-                            format!("hardlink to {link:?}, outside the extracted tree"),
-                        ))
-                    }
-                };
-                self.check_parents(&src, layer, raw)?;
-                match fs::symlink_metadata(self.root.join(&src)) {
-                    Ok(m) if m.file_type().is_file() => {}
-                    _ => {
-                        return Err(Self::refuse(
-                            layer,
-                            raw,
-                            format!(
-                                "hardlink to {link:?}, which is not a file extracted before it"
-                            ),
-                        ))
-                    }
-                }
-                self.prepare_leaf(&rel, layer, raw)?;
-                fs::hard_link(self.root.join(&src), self.root.join(&rel))
-                    .map_err(|e| self.io(&rel, e))?;
+                self.make_hardlink(entry, &target, &rel, layer, raw)?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(Self::refuse(
@@ -386,6 +265,143 @@ impl TreeBuilder {
             }
         }
         created.insert(rel);
+        Ok(())
+    }
+
+    /// A regular file, within the entry and tree limits, written without following links.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        rel: &Path,
+        mode: u32,
+        layer: &str,
+        raw: &str,
+    ) -> Result<(), ExtractError> {
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > self.limits.max_entry {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                format!(
+                    "{size} bytes is over the {}-byte entry limit",
+                    self.limits.max_entry
+                ),
+            ));
+        }
+        if self.stats.bytes + size > self.limits.max_tree {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                format!(
+                    "the tree would exceed the {}-byte limit",
+                    self.limits.max_tree
+                ),
+            ));
+        }
+        self.prepare_leaf(rel, layer, raw)?;
+        let path = self.root.join(rel);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| self.io(rel, e))?;
+        let n = durable::copy_with_writeback(&mut (&mut *entry).take(size), &mut f)
+            .map_err(|e| Self::refuse(layer, raw, format!("reading its data: {e}")))?;
+        if n != size {
+            return Err(Self::refuse(
+                layer,
+                raw,
+                "data ends before its declared size",
+            ));
+        }
+        // Keep the rwx bits only: no setuid, setgid or sticky from an image.
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
+            .map_err(|e| self.io(rel, e))?;
+        // No fsync here: `finish` fsyncs every file once all layers are written
+        // (writeback has been started already), so extraction never waits for the
+        // disk while the download streams in.
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        Ok(())
+    }
+
+    /// A symlink that stays inside its tree; `false` when it is skipped (the kernel's
+    /// `build` and `source` links).
+    fn make_symlink<R: Read>(
+        &self,
+        entry: &mut tar::Entry<R>,
+        target: &Target,
+        rel: &Path,
+        layer: &str,
+        raw: &str,
+    ) -> Result<bool, ExtractError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let fixed = match self.symlink_target(target, &link) {
+            Ok(t) => t,
+            Err(why) => {
+                let kernel_link = target.root == 0
+                    && target.rest.len() == 1
+                    && matches!(target.rest[0].as_str(), "build" | "source");
+                if kernel_link {
+                    warn!(
+                        entry = raw,
+                        target = link,
+                        "skipping the kernel's {} link: it points outside the image",
+                        target.rest[0]
+                    );
+                    return Ok(false);
+                }
+                return Err(Self::refuse(layer, raw, why));
+            }
+        };
+        self.prepare_leaf(rel, layer, raw)?;
+        std::os::unix::fs::symlink(&fixed, self.root.join(rel)).map_err(|e| self.io(rel, e))?;
+        Ok(true)
+    }
+
+    /// A hardlink to a file extracted before it into the same tree.
+    fn make_hardlink<R: Read>(
+        &self,
+        entry: &mut tar::Entry<R>,
+        target: &Target,
+        rel: &Path,
+        layer: &str,
+        raw: &str,
+    ) -> Result<(), ExtractError> {
+        let link = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let lcomps = archive_path(&link)
+            .map_err(|why| Self::refuse(layer, raw, format!("hardlink target {link:?} {why}")))?;
+        let src = match self.map(&lcomps) {
+            Some(t) if t.root == target.root => self.rel(&t),
+            _ => {
+                return Err(Self::refuse(
+                    layer,
+                    raw,
+                    format!("hardlink to {link:?}, outside the extracted tree"),
+                ))
+            }
+        };
+        self.check_parents(&src, layer, raw)?;
+        match fs::symlink_metadata(self.root.join(&src)) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => {
+                return Err(Self::refuse(
+                    layer,
+                    raw,
+                    format!("hardlink to {link:?}, which is not a file extracted before it"),
+                ))
+            }
+        }
+        self.prepare_leaf(rel, layer, raw)?;
+        fs::hard_link(self.root.join(&src), self.root.join(rel)).map_err(|e| self.io(rel, e))?;
         Ok(())
     }
 
@@ -585,84 +601,12 @@ impl TreeBuilder {
                 }));
             }
         }
-        sync_tree(&self.root).map_err(|source| ExtractError::Io {
+        durable::sync_tree(&self.root).map_err(|source| ExtractError::Io {
             path: self.root.display().to_string(),
             source,
         })?;
         Ok(self.stats)
     }
-}
-
-/// Copies like `io::copy`, and asks the kernel to start writing back every few MiB and at
-/// the end, so the fsyncs of `finish` find little left to write (a kmod image can hold
-/// hundreds of MiB of firmware). `POSIX_FADV_DONTNEED` starts asynchronous writeback of
-/// dirty pages.
-fn copy_with_writeback(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
-    use std::io::Write as _;
-    const CHUNK: usize = 256 * 1024;
-    const KICK: u64 = 8 << 20;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut total, mut kicked) = (0u64, 0u64);
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => {
-                start_writeback(to, kicked, total);
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-        if total - kicked >= KICK {
-            start_writeback(to, kicked, total);
-            kicked = total;
-        }
-    }
-}
-
-fn start_writeback(f: &File, from: u64, to: u64) {
-    if to <= from {
-        return;
-    }
-    let _ = nix::fcntl::posix_fadvise(
-        f,
-        from as i64,
-        (to - from) as i64,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-}
-
-/// fsyncs every file and directory under `dir`, deepest first, so that the tree is durable
-/// before it is renamed into `trees/`. Symlinks are not opened: their inodes are made
-/// durable by the fsync of their directory. One pass at the end instead of one fsync per
-/// file while extracting: the same guarantee before the rename, and the extractor keeps up
-/// with the download. (`syncfs(2)` would do it in one call but also waits for every other
-/// writer of the filesystem, and /var on a node is shared with CRI-O and kubelet.)
-pub fn sync_tree(dir: &Path) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            sync_tree(&e.path())?;
-        } else if ft.is_file() {
-            // Read-only, or write-only for a file whose mode denies reading (not root).
-            let open = |read: bool| {
-                OpenOptions::new()
-                    .read(read)
-                    .write(!read)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(e.path())
-            };
-            let f = match open(true) {
-                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => open(false),
-                r => r,
-            }?;
-            f.sync_all()?;
-        }
-    }
-    File::open(dir)?.sync_all()
 }
 
 /// The normal components of a path inside a layer; refuses absolute paths and `..`.
@@ -679,57 +623,6 @@ fn archive_path(raw: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
-}
-
-/// Fails a read past `limit` bytes: a decompression bomb stops here.
-struct LimitedReader<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for LimitedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::other(format!(
-                "the layer decompresses to more than {} bytes (the layer limit); refusing it as a decompression bomb",
-                self.limit
-            )));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// A zstd stream of one or more frames.
-struct ZstdFrames<R: BufRead> {
-    dec: ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(r: R) -> io::Result<Self> {
-        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(io::Error::other)?;
-        Ok(Self { dec })
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let n = self.dec.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // End of a frame: another may follow.
-            if self.dec.get_mut().fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let mut frame = ruzstd::decoding::FrameDecoder::new();
-            frame.init(self.dec.get_mut()).map_err(io::Error::other)?;
-            self.dec.decoder = frame;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The registry side: one HTTP client per registry host (its CAs from certs.d, proxy from
 //! the environment, plain HTTP when registries.conf says `insecure`), manifests resolved to
-//! this machine's platform and verified, blobs streamed to disk and verified.
+//! this machine's platform and verified, blobs fetched with `Range` resumption (see `tree_fetch`).
 //!
 //! oci-client does the token dance (the `WWW-Authenticate` bearer realm flow, with the pull
 //! secret's credentials); the GETs themselves go through the same reqwest client stack here
@@ -16,10 +16,8 @@ use kmod_day1_contract::ImageRef;
 use serde::Deserialize;
 
 use crate::auth::Credential;
-use crate::layer_stream::{Piece, PieceSender};
-use crate::progress::Progress;
 use crate::retry::parse_retry_after;
-use crate::verify::{Digest, Hasher};
+use crate::verify::Digest;
 
 /// Largest manifest or index accepted.
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -107,14 +105,6 @@ pub enum FetchError {
     /// An answer that breaks the distribution spec or this tool's limits.
     #[error("{0}")]
     Invalid(String),
-    /// A local file could not be written.
-    #[error("writing {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The retry budget ran out.
     #[error("{0}")]
     Budget(String),
@@ -138,7 +128,7 @@ impl FetchError {
         }
     }
 
-    fn transport(what: impl Into<String>, e: &dyn std::error::Error) -> Self {
+    fn transport(what: impl Into<String>, e: &(dyn std::error::Error + 'static)) -> Self {
         // reqwest's own top line repeats the URL ("error sending request for url (...)"):
         // the causes say more.
         let mut message = match e.source() {
@@ -146,9 +136,14 @@ impl FetchError {
             None => e.to_string(),
         };
         let lower = message.to_ascii_lowercase();
-        // A certificate or protocol mismatch does not heal: fail now, with what to do.
+        // A certificate or protocol mismatch, or a redirect refused, does not heal: fail now,
+        // with what to do.
         let mut retry = true;
-        if lower.contains("certificate") || lower.contains("unknownissuer") {
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_redirect())
+        {
+            retry = false;
+        } else if lower.contains("certificate") || lower.contains("unknownissuer") {
             message.push_str(" (a registry with a private CA needs it in /etc/containers/certs.d/<host[:port]>/ca.crt)");
             retry = false;
         } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
@@ -228,9 +223,9 @@ impl HostClient {
                 data: pem,
             });
         }
-        // Insecure (plain HTTP) hosts need no trust store at all (a node without a CA bundle
-        // must still reach its plain-HTTP registry); others use the system bundle plus
-        // certs.d, or certs.d alone when the system has no bundle.
+        // Insecure hosts need no trust store at all (a node without a CA bundle must still
+        // reach its plain-HTTP registry); others use the system bundle plus certs.d, or
+        // certs.d alone when the system has no bundle.
         let modes: &[TlsMode] = if insecure {
             &[TlsMode::NoVerify]
         } else if certs.is_empty() {
@@ -251,7 +246,7 @@ impl HostClient {
                     return Ok(Self {
                         host: host.to_owned(),
                         api_host: api_host.to_owned(),
-                        scheme: if insecure { "http" } else { "https" },
+                        scheme: "https",
                         http,
                         oci: std::sync::OnceLock::new(),
                         mode: *mode,
@@ -273,6 +268,30 @@ impl HostClient {
     }
 }
 
+impl HostClient {
+    /// For a registry marked `insecure`, what containers/image does: HTTPS without
+    /// certificate verification when the registry answers on HTTPS (any HTTP status counts),
+    /// plain HTTP only when it does not. Other registries: HTTPS.
+    pub async fn pick_scheme(&mut self, deadline: Instant) {
+        if !self.insecure {
+            return;
+        }
+        let url = format!("https://{}/v2/", self.api_host);
+        let answered = tokio::time::timeout_at(deadline.into(), self.http.get(&url).send())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !answered {
+            self.scheme = "http";
+        }
+        tracing::debug!(host = self.host, scheme = self.scheme, "insecure registry");
+    }
+
+    /// Whether requests go over plain HTTP.
+    fn plain_http(&self) -> bool {
+        self.scheme == "http"
+    }
+}
+
 /// How a client trusts servers.
 #[derive(Debug, Clone, Copy)]
 enum TlsMode {
@@ -283,6 +302,34 @@ enum TlsMode {
     /// No verification: for registries marked insecure (plain HTTP; containers/image also
     /// skips verification for them).
     NoVerify,
+}
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Redirects (blob storage behind a CDN is common) are followed, except back to a URL
+/// already seen (a loop), past [`MAX_REDIRECTS`], or from HTTPS down to plain HTTP. Each of
+/// those is a permanent error, never retried.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let previous = attempt.previous();
+        if previous.iter().any(|u| u == attempt.url()) {
+            let url = attempt.url().to_string();
+            return attempt.error(format!("redirect loop back to {url}"));
+        }
+        if previous.len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        if previous.first().is_some_and(|u| u.scheme() == "https")
+            && attempt.url().scheme() != "https"
+        {
+            let url = attempt.url().to_string();
+            return attempt.error(format!(
+                "redirect from HTTPS to {url} refused (a downgrade to another scheme)"
+            ));
+        }
+        attempt.follow()
+    })
 }
 
 fn build_http(
@@ -298,6 +345,7 @@ fn build_http(
         .connect_timeout(net.connect_timeout)
         .read_timeout(net.read_timeout)
         .user_agent(concat!("kmod-day1-pull/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
         .no_proxy();
     if let Some(p) = &net.https_proxy {
         b = b.proxy(
@@ -334,7 +382,7 @@ impl HostClient {
                     ));
                 }
                 let mut cfg = oci_client::client::ClientConfig {
-                    protocol: if self.insecure {
+                    protocol: if self.plain_http() {
                         oci_client::client::ClientProtocol::Http
                     } else {
                         oci_client::client::ClientProtocol::Https
@@ -382,8 +430,8 @@ pub struct LayerDesc {
 pub struct ResolvedImage {
     /// Digest of the platform manifest (what refs record).
     pub manifest_digest: Digest,
-    /// Digest of the index, when the reference pointed at one.
-    pub index_digest: Option<Digest>,
+    /// Digest of what the reference names (the index's, for an index): what signatures sign.
+    pub reference_digest: Digest,
     /// Layers, bottom first.
     pub layers: Vec<LayerDesc>,
 }
@@ -423,42 +471,6 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
-/// A blob download that survives retries: every byte received is hashed and handed to the
-/// extractor in order (nothing is written to disk here), and after a cut the rest is asked
-/// for with `Range`. [`Piece::Verified`] follows the last byte only once size and digest
-/// matched.
-pub struct BlobDownload {
-    hasher: Hasher,
-    written: u64,
-    sink: Option<PieceSender>,
-}
-
-impl BlobDownload {
-    /// A download whose bytes go to `sink` (none: only verified).
-    pub fn new(sink: Option<PieceSender>) -> Self {
-        Self {
-            hasher: Hasher::new(),
-            written: 0,
-            sink,
-        }
-    }
-
-    /// Whether the extractor still reads (it stops on an error of its own).
-    pub fn extractor_alive(&self) -> bool {
-        self.sink.as_ref().is_some_and(|s| !s.is_closed())
-    }
-
-    async fn hand_on(&mut self, piece: Piece) {
-        if let Some(s) = &self.sink {
-            if s.send(piece).await.is_err() {
-                // The extractor failed: keep downloading to verify the blob, so that a
-                // corrupt blob is reported as such rather than as the extractor's error.
-                self.sink = None;
-            }
-        }
-    }
-}
-
 /// One image repository on one registry, with its credentials.
 pub struct Repo<'a> {
     client: &'a HostClient,
@@ -487,12 +499,13 @@ impl<'a> Repo<'a> {
         }
     }
 
-    /// The registry host.
-    pub fn host(&self) -> &str {
-        &self.client.host
+    /// The image, as pulled from this registry.
+    pub(crate) fn image(&self) -> &ImageRef {
+        &self.image
     }
 
-    fn url(&self, kind: &str, reference: &str) -> String {
+    /// The URL of `kind` (`manifests`, `blobs`) `reference` in this repository.
+    pub(crate) fn url(&self, kind: &str, reference: &str) -> String {
         format!(
             "{}://{}/v2/{}/{kind}/{reference}",
             self.client.scheme, self.client.api_host, self.image.repository
@@ -564,7 +577,7 @@ impl<'a> Repo<'a> {
     }
 
     /// GET with authentication (once more after a 401), a non-success status as an error.
-    async fn get(
+    pub(crate) async fn get(
         &mut self,
         url: &str,
         accept: Option<&str>,
@@ -621,7 +634,8 @@ impl<'a> Repo<'a> {
         }
     }
 
-    async fn next_chunk(
+    /// The next chunk of an answer's body, within the deadline.
+    pub(crate) async fn next_chunk(
         &self,
         stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
         url: &str,
@@ -691,6 +705,32 @@ impl<'a> Repo<'a> {
         Ok((body, digest))
     }
 
+    /// A small blob (a signature payload), read into memory: at most `max` bytes, checked
+    /// against `digest`.
+    pub async fn small_blob(&mut self, digest: &Digest, max: usize) -> Result<Vec<u8>, FetchError> {
+        let url = self.url("blobs", digest.as_str());
+        let resp = self.get(&url, None, 0).await?;
+        let mut stream = resp.bytes_stream();
+        let mut body = vec![];
+        while let Some(chunk) = self.next_chunk(&mut stream, &url).await? {
+            if body.len() + chunk.len() > max {
+                return Err(FetchError::Invalid(format!(
+                    "{url}: larger than {max} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let got = Digest::of(&body);
+        if &got != digest {
+            return Err(FetchError::Digest {
+                what: format!("blob {digest} of {}", self.image.name()),
+                expected: digest.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        Ok(body)
+    }
+
     /// Resolves the reference (tag or digest) to this platform's image manifest.
     pub async fn resolve(&mut self) -> Result<ResolvedImage, FetchError> {
         let reference = self
@@ -736,85 +776,15 @@ impl<'a> Repo<'a> {
             }
             return Ok(ResolvedImage {
                 manifest_digest: got,
-                index_digest: Some(digest),
+                reference_digest: digest,
                 layers: layers_of(inner, &self.image)?,
             });
         }
         Ok(ResolvedImage {
-            manifest_digest: digest,
-            index_digest: None,
+            manifest_digest: digest.clone(),
+            reference_digest: digest,
             layers: layers_of(m, &self.image)?,
         })
-    }
-
-    /// Downloads (or resumes) a blob into `dl`, then checks size and digest.
-    pub async fn blob(
-        &mut self,
-        layer: &LayerDesc,
-        dl: &mut BlobDownload,
-        progress: &mut Progress,
-    ) -> Result<(), FetchError> {
-        let url = self.url("blobs", layer.digest.as_str());
-        let resp = self.get(&url, None, dl.written).await?;
-        // A server that ignores Range sends the whole blob again. What was handed on cannot
-        // be taken back, so the repeated start must be the same bytes: its digest is compared
-        // with the digest of what was received before, then only the rest is handed on.
-        let mut again = (dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT)
-            .then(|| (Hasher::new(), dl.written));
-        progress.set(dl.written);
-        let mut stream = resp.bytes_stream();
-        while let Some(mut chunk) = self.next_chunk(&mut stream, &url).await? {
-            if let Some((seen, left)) = &mut again {
-                let n = chunk
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                seen.update(&chunk[..n]);
-                *left -= n as u64;
-                let _ = chunk.split_to(n);
-                if *left == 0 {
-                    if seen.clone().finish() != dl.hasher.clone().finish() {
-                        return Err(FetchError::Invalid(format!(
-                            "{url}: after a cut the registry ignored Range and sent the blob again with different first {} bytes; the registry or something between is serving wrong content",
-                            dl.written
-                        )));
-                    }
-                    again = None;
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-            }
-            if dl.written + chunk.len() as u64 > layer.size {
-                return Err(FetchError::Invalid(format!(
-                    "{url}: the registry sent more than the {} bytes the manifest declares",
-                    layer.size
-                )));
-            }
-            dl.hasher.update(&chunk);
-            dl.written += chunk.len() as u64;
-            progress.add(chunk.len() as u64);
-            dl.hand_on(Piece::Data(chunk)).await;
-        }
-        if dl.written < layer.size {
-            return Err(FetchError::Transport {
-                what: format!("reading {url}"),
-                message: format!(
-                    "the connection ended after {} of {} bytes",
-                    dl.written, layer.size
-                ),
-                retry: true,
-            });
-        }
-        let got = dl.hasher.clone().finish();
-        if got != layer.digest {
-            return Err(FetchError::Digest {
-                what: format!("blob {} of {}", layer.digest, self.image.name()),
-                expected: layer.digest.to_string(),
-                actual: got.to_string(),
-            });
-        }
-        dl.hand_on(Piece::Verified).await;
-        Ok(())
     }
 }
 
@@ -889,6 +859,29 @@ mod tests {
         assert!(layers_of(parse_manifest(bad_digest.as_bytes(), &img).unwrap(), &img).is_err());
         assert!(parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#, &img).is_err());
         assert!(parse_manifest(b"<html>", &img).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any bytes as a manifest, and manifests with mutated fields: errors, never panics.
+        #[test]
+        fn any_manifest_parses_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let img = ImageRef::parse("r.io/a:1").unwrap();
+            if let Ok(m) = parse_manifest(&body, &img) {
+                let _ = layers_of(m, &img);
+            }
+        }
+
+        #[test]
+        fn mutated_manifest_fields_parse_without_panic(
+            size in proptest::num::i64::ANY, digest in ".{0,80}", media in ".{0,40}", count in 0usize..300,
+        ) {
+            let img = ImageRef::parse("r.io/a:1").unwrap();
+            let layer = serde_json::json!({"mediaType": media, "digest": digest, "size": size});
+            let body = serde_json::json!({"schemaVersion": 2, "layers": vec![layer; count]}).to_string();
+            if let Ok(m) = parse_manifest(body.as_bytes(), &img) {
+                let _ = layers_of(m, &img);
+            }
+        }
     }
 
     #[test]

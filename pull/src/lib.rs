@@ -3,22 +3,44 @@
 //! needs atomically, and asks for one reboot when the running kernel's modules were missing.
 //! See `docs/node-contract.md` and `pull/README.md`.
 
-pub mod auth;
-pub mod boot_entries;
-pub mod cli;
-pub mod extract;
-pub mod fetch;
-pub mod layer_stream;
-pub mod progress;
-pub mod pull;
-pub mod reboot;
-pub mod registries_conf;
-pub mod retry;
-pub mod store;
-pub mod verify;
+mod auth;
+mod boot_entries;
+mod cli;
+mod decode;
+mod durable;
+mod exit;
+mod extract;
+mod fetch;
+mod gc;
+mod plan;
+mod policy;
+mod progress;
+mod puller;
+mod reboot;
+mod reboot_request;
+mod registries_conf;
+mod registries_d;
+mod retry;
+mod round;
+mod run;
+mod signed_identity;
+mod sigstore;
+mod store;
+mod tree_fetch;
+mod trust;
+mod verify;
 
 pub use cli::Cli;
-pub use pull::{run, ConfigProblem, Exit};
+pub use exit::Exit;
+pub use run::{run, ConfigProblem};
+pub use store::tree_id;
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Parses the command line, runs, and returns the process exit code.
 pub fn main_exit_code() -> i32 {
@@ -34,18 +56,18 @@ pub fn main_exit_code() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("starting the async runtime: {e}");
-            return Exit::PullFailed as i32;
+            return Exit::PullFailed.code();
         }
     };
     match rt.block_on(run(&cli)) {
-        Ok(exit) => exit as i32,
+        Ok(exit) => exit.code(),
         Err(e) if e.is::<ConfigProblem>() || e.is::<kmod_day1_contract::ConfigError>() => {
             tracing::error!("{e:#}");
-            Exit::Config as i32
+            Exit::Config.code()
         }
         Err(e) => {
             tracing::error!("{e:#}");
-            Exit::PullFailed as i32
+            Exit::PullFailed.code()
         }
     }
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The reboot policy and the reboot-loop guard.
+//! The reboot decision and the reboot-loop guard (pure: `reboot_request` carries it out).
 //!
 //! A reboot is asked for only when all of these hold:
 //! - nothing failed in this run (a failure never reboots a node);
@@ -17,7 +17,6 @@ use std::collections::BTreeSet;
 use kmod_day1_contract::{
     BootStatus, EscapeHatches, RebootGuard, RebootPolicy, RebootRecord, SetState, STORE_VERSION,
 };
-use tracing::info;
 
 /// Most guard records kept (oldest dropped).
 pub const GUARD_KEEP: usize = 64;
@@ -42,8 +41,8 @@ pub struct SetOutcome {
 pub enum RebootDecision {
     /// Nothing calls for one; the reason says why.
     NotNeeded(String),
-    /// Something failed in this run.
-    SkippedAfterFailure,
+    /// Something failed in this run, or this boot's id is unknown; the reason says which.
+    SkippedAfterFailure(String),
     /// One is needed, but `--no-reboot` was given.
     Disabled,
     /// One is needed, but was already asked for the same content.
@@ -57,7 +56,7 @@ impl RebootDecision {
     pub fn label(&self) -> &'static str {
         match self {
             Self::NotNeeded(_) => "notNeeded",
-            Self::SkippedAfterFailure => "skippedAfterFailure",
+            Self::SkippedAfterFailure(_) => "skippedAfterFailure",
             Self::Disabled => "disabled",
             Self::RefusedByGuard(_) => "refusedByGuard",
             Self::Request(_) => "requested",
@@ -69,8 +68,8 @@ impl RebootDecision {
 pub struct RebootInputs<'a> {
     /// Running kernel.
     pub kernel: &'a str,
-    /// This boot's id.
-    pub boot_id: &'a str,
+    /// This boot's id; `None` when it could not be read.
+    pub boot_id: Option<&'a str>,
     /// The loader's status file, if any.
     pub status: Option<&'a BootStatus>,
     /// The running kernel's module sets.
@@ -87,10 +86,10 @@ pub struct RebootInputs<'a> {
     pub now: u64,
 }
 
-/// Decides.
+/// Decides whether to ask for a reboot (the rules are in this module's doc).
 pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
     if i.failed {
-        return RebootDecision::SkippedAfterFailure;
+        return RebootDecision::SkippedAfterFailure("a pull for the running kernel failed".into());
     }
     let committed: Vec<&SetOutcome> = i.sets.iter().filter(|s| s.committed_now).collect();
     if committed.is_empty() {
@@ -98,8 +97,14 @@ pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
             "no image of the running kernel was newly committed".into(),
         );
     }
+    let Some(boot_id) = i.boot_id else {
+        return RebootDecision::SkippedAfterFailure(
+            "this boot's id cannot be read, so the loader's status cannot be matched to this boot"
+                .into(),
+        );
+    };
     let status = match i.status {
-        Some(s) if s.boot_id == i.boot_id && s.kernel_release == i.kernel => s,
+        Some(s) if s.boot_id == boot_id && s.kernel_release == i.kernel => s,
         Some(_) => {
             return RebootDecision::NotNeeded(
                 "the loader's status is from another boot: the loader did not run this boot".into(),
@@ -155,7 +160,7 @@ pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
     RebootDecision::Request(RebootRecord {
         kernel_release: i.kernel.to_owned(),
         manifest_digests,
-        boot_id: i.boot_id.to_owned(),
+        boot_id: boot_id.to_owned(),
         at: i.now,
     })
 }
@@ -167,48 +172,6 @@ pub fn guard_with(mut guard: RebootGuard, rec: RebootRecord) -> RebootGuard {
     let excess = guard.reboots.len().saturating_sub(GUARD_KEEP);
     guard.reboots.drain(..excess);
     guard
-}
-
-/// Asks logind to reboot (the polite way: inhibitors and shutdown ordering apply), falling
-/// back to starting systemd's `reboot.target`.
-pub async fn request_reboot() -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let conn = zbus::Connection::system()
-        .await
-        .context("connecting to the system D-Bus")?;
-    let logind = conn
-        .call_method(
-            Some("org.freedesktop.login1"),
-            "/org/freedesktop/login1",
-            Some("org.freedesktop.login1.Manager"),
-            "Reboot",
-            &(false,),
-        )
-        .await;
-    match logind {
-        Ok(_) => {
-            info!("asked systemd-logind to reboot");
-            Ok(())
-        }
-        Err(e) => {
-            info!(
-                "systemd-logind refused the reboot ({e}); starting reboot.target through systemd"
-            );
-            conn.call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.systemd1.Manager"),
-                "StartUnit",
-                &("reboot.target", "replace-irreversibly"),
-            )
-            .await
-            .with_context(|| {
-                format!("asking systemd to start reboot.target (after logind said: {e})")
-            })?;
-            info!("asked systemd to start reboot.target");
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -246,7 +209,7 @@ mod tests {
     ) -> RebootDecision {
         decide(&RebootInputs {
             kernel: "6.1",
-            boot_id: "b1",
+            boot_id: Some("b1"),
             status,
             sets,
             failed,
@@ -286,10 +249,10 @@ mod tests {
         let g = RebootGuard::default();
         let st = status(SetState::NotStored);
         let new = [set(true, RebootPolicy::IfNeeded)];
-        assert_eq!(
+        assert!(matches!(
             run(Some(&st), &new, true, &g, ""),
-            RebootDecision::SkippedAfterFailure
-        );
+            RebootDecision::SkippedAfterFailure(_)
+        ));
         assert!(matches!(
             run(
                 Some(&st),
@@ -320,7 +283,7 @@ mod tests {
         );
         let d = decide(&RebootInputs {
             kernel: "6.1",
-            boot_id: "b1",
+            boot_id: Some("b1"),
             status: Some(&st),
             sets: &new,
             failed: false,

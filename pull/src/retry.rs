@@ -4,6 +4,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tracing::warn;
+
+use crate::fetch::FetchError;
+
 /// Retry policy of a run.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -52,6 +56,44 @@ impl RetryPolicy {
     }
 }
 
+/// Runs `op` again while its error is retryable and `policy`'s budget allows the wait;
+/// `what` names the operation in the journal and in the final error.
+pub(crate) async fn with_retries<T>(
+    policy: &RetryPolicy,
+    what: &str,
+    mut op: impl AsyncFnMut() -> Result<T, FetchError>,
+) -> Result<T, FetchError> {
+    let mut attempt = 0u32;
+    loop {
+        let e = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() => e,
+            Err(e) => return Err(e),
+        };
+        let Some(wait) = policy.next_wait(attempt, e.retry_after()) else {
+            let why = match e.retry_after() {
+                Some(ra) => format!(
+                    "the registry asked to retry after {} s, beyond the {} s left of the retry budget",
+                    ra.as_secs(),
+                    policy.remaining().as_secs()
+                ),
+                None => "the retry budget is spent".into(),
+            };
+            return Err(FetchError::Budget(format!(
+                "{e} (gave up after {} attempts: {why}; raise --budget or fix the registry or network)",
+                attempt + 1
+            )));
+        };
+        warn!(
+            attempt = attempt + 1,
+            wait_ms = wait.as_millis() as u64,
+            "{what}: {e}; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
 /// A number in [0, 1) that differs between processes and calls; not cryptographic.
 fn jitter() -> f64 {
     use std::collections::hash_map::RandomState;
@@ -73,6 +115,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = parse_imf_fixdate(v)?;
+    // A date in the past means "now"; one far in the future is a long wait that
+    // `RetryPolicy::backoff` caps and the budget refuses.
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -95,12 +139,20 @@ fn parse_imf_fixdate(v: &str) -> Option<SystemTime> {
         .split(':')
         .map(|x| x.parse().ok())
         .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) || year < 1970 {
+    // Every field in its range (a leap second allowed), and a four-digit year as RFC 9110's
+    // IMF-fixdate has: whatever a registry sends, the arithmetic below cannot overflow.
+    if hms.len() != 3
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || hms[0] > 23
+        || hms[1] > 59
+        || hms[2] > 60
+    {
         return None;
     }
-    let days = days_from_civil(year, month, day);
-    let secs = days as u64 * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -157,5 +209,41 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a registry or proxy sends as `Retry-After`: no panic, and a wait the
+        /// policy caps.
+        #[test]
+        fn any_retry_after_parses_without_panic(v in ".{0,40}", now in 0u64..=u64::MAX / 4) {
+            let now = UNIX_EPOCH.checked_add(Duration::from_secs(now)).unwrap_or(UNIX_EPOCH);
+            if let Some(d) = parse_retry_after(&v, now) {
+                let p = RetryPolicy::with_budget(Duration::from_secs(60));
+                proptest::prop_assert!(p.backoff(0, Some(d)) <= Duration::from_secs(600));
+            }
+        }
+
+        /// Dates of any size in every field, far past and far future.
+        #[test]
+        fn any_http_date_parses_without_panic(
+            day in 0u64..=u64::MAX, month in 0usize..12, year in proptest::num::i64::ANY,
+            h in 0u64..=u64::MAX, m in 0u64..100, s in 0u64..100,
+        ) {
+            let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+            let v = format!("Sun, {day:02} {} {year} {h:02}:{m:02}:{s:02} GMT", months[month]);
+            let _ = parse_retry_after(&v, SystemTime::now());
+        }
+    }
+
+    #[test]
+    fn a_date_far_in_the_future_is_a_capped_wait() {
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", SystemTime::now()).unwrap();
+        let p = RetryPolicy::with_budget(Duration::from_secs(60));
+        assert_eq!(p.backoff(0, Some(far)), Duration::from_secs(600));
+        assert!(p.next_wait(0, Some(far)).is_none());
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 99999999999 08:49:37 GMT", SystemTime::now()),
+            None
+        );
     }
 }

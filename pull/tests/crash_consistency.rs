@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Node, K};
 use kmod_day1_contract::{read_json, AbsPath, KernelRelease, PullStatus, RebootGuard, RefRecord};
-use kmod_day1_pull::store::tree_id;
+use kmod_day1_pull::tree_id;
 use kmod_day1_test_registry::{BuiltImage, Fault, Image, Layer, Registry};
 
 const REPO: &str = "kmod/e1000";

@@ -149,6 +149,30 @@ fn retries_server_errors_and_honours_retry_after() {
 }
 
 #[test]
+fn redirect_loops_are_permanent_errors_not_retried() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    // Every manifest GET answers 307 to itself.
+    let url = format!("{}/v2/{REPO}/manifests/{K}", reg.url());
+    let loop_rule = reg.fault(Fault::Redirect(url).on("/manifests/"));
+    let t = Instant::now();
+    let run = node.run(30);
+    run.expect(1).says("redirect loop");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "retried a permanent error"
+    );
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    // One manifest GET and one redirect back to itself.
+    assert!(
+        reg.fault_fired(loop_rule) <= 2,
+        "{}",
+        reg.fault_fired(loop_rule)
+    );
+    node.assert_store_empty();
+}
+
+#[test]
 fn resumes_a_blob_cut_mid_way() {
     let reg = Registry::start().unwrap();
     let (node, digest) = setup(&reg);
@@ -577,6 +601,31 @@ fn prefetches_boot_entry_kernels_without_reboot() {
     node.run(10).expect(0).says("no boot entry names");
     assert!(node.ref_record(K2).is_none());
     assert_eq!(node.names("trees"), [node.ref_record(K).unwrap().tree]);
+}
+
+#[test]
+fn unreadable_node_facts_fail_safe() {
+    // No command line: kmod_day1.disable cannot be ruled out, so nothing at all.
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.loader_status(SetState::NotStored);
+    std::fs::remove_file(node.path("cmdline")).unwrap();
+    node.run(10)
+        .expect(2)
+        .says("cannot read the kernel command line from")
+        .says("doing nothing this boot (no pull, no reboot)");
+    node.assert_store_empty();
+    assert!(!node.rebooted());
+
+    // No boot id: the pull goes on, but the loader's status cannot be matched: no reboot.
+    std::fs::write(node.path("cmdline"), "root=/dev/vda\n").unwrap();
+    std::fs::remove_file(node.path("boot_id")).unwrap();
+    node.run(10)
+        .expect(0)
+        .says("cannot read the boot id from")
+        .says("reboot: skippedAfterFailure");
+    assert!(node.ref_record(K).is_some());
+    assert!(!node.rebooted());
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub enum Fault {
         /// The Retry-After header value.
         retry_after: Option<String>,
     },
+    /// Answer `307 Temporary Redirect` to this `Location` instead of the real response: a
+    /// redirect loop (to the request's own URL) or a downgrade (HTTPS to plain HTTP).
+    Redirect(String),
     /// Send the headers of the real response (with its full Content-Length) and the first
     /// `bytes` bytes of its body, then close the connection: a connection cut mid-blob.
     CutAfter {
@@ -102,7 +105,11 @@ impl Fault {
     pub(crate) fn acts_before_routing(&self) -> bool {
         matches!(
             self,
-            Self::Status { .. } | Self::Drop | Self::Delay(_) | Self::IgnoreRange
+            Self::Status { .. }
+                | Self::Redirect(_)
+                | Self::Drop
+                | Self::Delay(_)
+                | Self::IgnoreRange
         )
     }
 
@@ -120,6 +127,7 @@ impl Fault {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Status { .. } => "status",
+            Self::Redirect(_) => "redirect",
             Self::CutAfter { .. } => "cut-after",
             Self::StallAfter { .. } => "stall-after",
             Self::CorruptBody => "corrupt-body",

@@ -71,6 +71,7 @@
 //!   as with registries backed by object storage or a CDN.
 
 mod auth;
+pub mod cosign;
 mod digest;
 mod faults;
 mod http;

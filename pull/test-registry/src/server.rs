@@ -163,6 +163,11 @@ fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
             }
             Some(Some(response))
         }
+        Fault::Redirect(location) => {
+            let mut response = error_response(307, "UNKNOWN", "injected redirect");
+            response.set_header("Location", location.clone());
+            Some(Some(response))
+        }
         Fault::Drop => Some(None),
         _ => None,
     });

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,6 +29,9 @@ impl Node {
         }
         std::fs::write(n.path("boot_id"), "b1\n").unwrap();
         std::fs::write(n.path("cmdline"), "root=/dev/vda quiet\n").unwrap();
+        // RHCOS's default policy.json; tests of the trust policy write their own.
+        n.policy(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
+        std::fs::create_dir_all(n.path("registries.d")).unwrap();
         n
     }
 
@@ -45,6 +50,11 @@ impl Node {
             self.path("auth.json").display()
         );
         std::fs::write(self.path("config.d/99-kmod.json"), text).unwrap();
+    }
+
+    /// Writes the node's policy.json.
+    pub fn policy(&self, text: &str) {
+        std::fs::write(self.path("policy.json"), text).unwrap();
     }
 
     pub fn registries_conf(&self, text: &str) {
@@ -113,6 +123,10 @@ impl Node {
             .arg(self.path("registries.conf"))
             .arg("--certs-dir")
             .arg(self.path("certs.d"))
+            .arg("--policy")
+            .arg(self.path("policy.json"))
+            .arg("--registries.d")
+            .arg(self.path("registries.d"))
             .arg("--boot-id")
             .arg(self.path("boot_id"))
             .arg("--cmdline")
