@@ -117,6 +117,12 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
         &root.join("etc/sysctl.d/99-testvm-console.conf"),
         "kernel.printk = 7 4 1 7\n",
     )?;
+    // The trust policy every node has (the pull refuses to run without one): RHCOS's default,
+    // which accepts any image; Debian's minbase root has no containers-common to ship it.
+    write_file(
+        &root.join("etc/containers/policy.json"),
+        "{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}\n",
+    )?;
     write_file(
         &root.join("etc/containers/registries.conf"),
         format!(
@@ -163,6 +169,8 @@ mod tests {
         assert!(!j.path().join(dropin).exists());
         let r = std::fs::read_to_string(d.path().join("etc/containers/registries.conf")).unwrap();
         assert!(r.contains("location = \"10.0.2.2:5000\"") && r.contains("insecure = true"));
+        let p = std::fs::read_to_string(d.path().join("etc/containers/policy.json")).unwrap();
+        assert!(p.contains("insecureAcceptAnything"));
         assert!(d
             .path()
             .join("etc/systemd/system/multi-user.target.wants/kd1-mark-final.service")
