@@ -5,8 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Environment variable that moves the cache (CI points it at a persisted directory).
+/// Environment variable that moves the cache.
 pub const CACHE_ENV: &str = "KMOD_DAY1_VM_CACHE";
+
+/// The cache's default place: outside the checkout, so a fresh clone (CI's) finds what an
+/// earlier run built. Entries are keyed by their recipe, so checkouts of different commits
+/// share it safely; the cache only saves time.
+pub const DEFAULT_CACHE: &str = "/var/cache/kmod-day1-testvm";
 
 /// The harness's directories.
 #[derive(Debug, Clone)]
@@ -20,7 +25,7 @@ pub struct Dirs {
 }
 
 impl Dirs {
-    /// The default layout: `testvm/cache` (or `$KMOD_DAY1_VM_CACHE`) and `testvm/work`.
+    /// The default layout: [`DEFAULT_CACHE`] (or `$KMOD_DAY1_VM_CACHE`) and `testvm/work`.
     pub fn from_env() -> Result<Self> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -28,7 +33,7 @@ impl Dirs {
             .to_owned();
         let cache = match std::env::var_os(CACHE_ENV) {
             Some(c) if !c.is_empty() => PathBuf::from(c),
-            _ => repo.join("testvm/cache"),
+            _ => PathBuf::from(DEFAULT_CACHE),
         };
         let work = repo.join("testvm/work");
         for d in [&cache, &work] {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! What the harness adds to the node besides kmod-day1 itself: the marker units, log
-//! forwarding of the kmod-day1 units to the console, and the registry settings.
+//! forwarding of the kmod-day1 units to the console (unless the node logs as shipped), and
+//! the registry settings.
 
 use std::path::Path;
 
@@ -47,6 +48,18 @@ StandardOutput=kmsg
 StandardError=kmsg
 ";
 
+/// Where the kmod-day1 units' stdout and stderr go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnitLog {
+    /// The journal and the kernel log, hence the serial console (test-only drop-in), so
+    /// the serial log tells the node's story.
+    #[default]
+    Console,
+    /// The journal only, as the units ship (systemd's default output): what a node's
+    /// operator reads with `journalctl`.
+    Journal,
+}
+
 /// Options of the overlay.
 #[derive(Debug, Clone, Default)]
 pub struct Overlay {
@@ -54,6 +67,8 @@ pub struct Overlay {
     pub registry: String,
     /// A bench script run by the final marker unit, if any.
     pub bench_script: Option<String>,
+    /// Where the kmod-day1 units log.
+    pub unit_log: UnitLog,
 }
 
 /// Writes the overlay into the root filesystem at `root`.
@@ -82,11 +97,13 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
         std::os::unix::fs::symlink(format!("/etc/systemd/system/{name}"), &link)
             .with_context(|| format!("enabling {name}"))?;
     }
-    for unit in ["kmod-day1-load.service", "kmod-day1-pull.service"] {
-        write_file(
-            &sd.join(format!("{unit}.d/90-testvm-console.conf")),
-            LOG_DROPIN,
-        )?;
+    if o.unit_log == UnitLog::Console {
+        for unit in ["kmod-day1-load.service", "kmod-day1-pull.service"] {
+            write_file(
+                &sd.join(format!("{unit}.d/90-testvm-console.conf")),
+                LOG_DROPIN,
+            )?;
+        }
     }
     // journald forwards the units' stdout/stderr to kmsg only up to MaxLevelKMsg (notice by
     // default): the info lines (pulling, committed, loaded) are the story.
@@ -100,8 +117,8 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
         &root.join("etc/sysctl.d/99-testvm-console.conf"),
         "kernel.printk = 7 4 1 7\n",
     )?;
-    // RHCOS's default image trust policy (podman's too); kmod-day1-pull refuses to run
-    // without one, as podman does.
+    // The trust policy every node has (the pull refuses to run without one): RHCOS's default,
+    // which accepts any image; Debian's minbase root has no containers-common to ship it.
     write_file(
         &root.join("etc/containers/policy.json"),
         "{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}\n",
@@ -133,12 +150,27 @@ mod tests {
             d.path(),
             &Overlay {
                 registry: "10.0.2.2:5000".into(),
-                bench_script: None,
+                ..Overlay::default()
             },
         )
         .unwrap();
+        let dropin = "etc/systemd/system/kmod-day1-pull.service.d/90-testvm-console.conf";
+        assert!(d.path().join(dropin).exists());
+        let j = tempfile::tempdir().unwrap();
+        install(
+            j.path(),
+            &Overlay {
+                registry: "10.0.2.2:5000".into(),
+                unit_log: UnitLog::Journal,
+                ..Overlay::default()
+            },
+        )
+        .unwrap();
+        assert!(!j.path().join(dropin).exists());
         let r = std::fs::read_to_string(d.path().join("etc/containers/registries.conf")).unwrap();
         assert!(r.contains("location = \"10.0.2.2:5000\"") && r.contains("insecure = true"));
+        let p = std::fs::read_to_string(d.path().join("etc/containers/policy.json")).unwrap();
+        assert!(p.contains("insecureAcceptAnything"));
         assert!(d
             .path()
             .join("etc/systemd/system/multi-user.target.wants/kd1-mark-final.service")

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::cmd::run;
 use crate::dirs::{write_file, Dirs};
-use crate::guest_overlay::{self, Overlay};
+use crate::guest_overlay::{self, Overlay, UnitLog};
 use crate::ignition_apply;
 use crate::kmod_image::{self, ImageSpec, PushedImage};
 use crate::modules_build::{self, BuiltModules, FIRMWARE};
@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub bench_script: Option<String>,
     /// Extra files (`path`, content) written into the root.
     pub files: Vec<(String, String)>,
+    /// Where the kmod-day1 units log.
+    pub unit_log: UnitLog,
 }
 
 impl Lab {
@@ -73,7 +75,7 @@ impl Lab {
             modules_build::check(m)?;
         }
         lap("modules", &mut t);
-        let tools = Tools::build(&dirs.repo);
+        let tools = Tools::build(&dirs.repo)?;
         lap("project binaries", &mut t);
         let reg_dir = dirs.fresh_work_dir("registry")?;
         let registry = Registry::start(&reg_dir)?;
@@ -152,12 +154,10 @@ impl Lab {
         let dir = self.dirs.fresh_work_dir(name)?;
         let files = VmFiles::new(&dir);
         vm_image::copy_root(&self.img, &files.root)?;
-        let mut by_mcgen = vec![];
         for cfg in &o.configs {
             let ign_work = dir.join(format!("ignition-{}", cfg.name));
             std::fs::create_dir_all(&ign_work)?;
-            let (ign, mcgen) = ignition_for(cfg, &self.tools, &self.dirs.repo, &ign_work)?;
-            by_mcgen.push(mcgen);
+            let ign = ignition_for(cfg, &self.tools, &ign_work)?;
             ignition_apply::apply(&ign, &files.root, &ign_work)
                 .with_context(|| format!("applying the Ignition config of {}", cfg.name))?;
         }
@@ -166,6 +166,7 @@ impl Lab {
             &Overlay {
                 registry: self.registry.guest_addr(),
                 bench_script: o.bench_script.clone(),
+                unit_log: o.unit_log,
             },
         )?;
         if let Some(d) = &o.pull_dropin {
@@ -192,13 +193,8 @@ impl Lab {
         std::fs::remove_dir_all(&files.root)
             .with_context(|| format!("removing {}", files.root.display()))?;
         info!(
-            "node {name}: ready in {:.0} s (Ignition from {})",
-            started.elapsed().as_secs_f64(),
-            if by_mcgen.iter().all(|m| *m) && !by_mcgen.is_empty() {
-                "mcgen"
-            } else {
-                "the harness's minimal config"
-            }
+            "node {name}: ready in {:.0} s",
+            started.elapsed().as_secs_f64()
         );
         Ok(Machine::new(name, &dir, &files.disk, self.img.base.clone()))
     }

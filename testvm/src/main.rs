@@ -10,7 +10,7 @@ use tracing::error;
 use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, scenarios, vm_image};
 
 /// End-to-end tests of kmod-day1 in a QEMU VM (TCG), with a real registry and the real
-/// Ignition. Runs as root. Cache: testvm/cache or $KMOD_DAY1_VM_CACHE.
+/// Ignition. Runs as root. Cache: /var/cache/kmod-day1-testvm or $KMOD_DAY1_VM_CACHE.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -26,11 +26,13 @@ enum Cmd {
     Modules,
     /// Runs every scenario and prints the timings.
     All,
-    /// Runs one scenario (first-apply, cached-boot, kernel-upgrade, several-modules,
-    /// broken-module, registry-down, power-cut).
+    /// Runs the named scenarios (first-apply, cached-boot, kernel-upgrade, several-modules,
+    /// broken-module, journal-priorities, registry-down, power-cut); scenarios of one node
+    /// share its boots.
     Scenario {
-        /// Scenario name.
-        name: String,
+        /// Scenario names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Boots what the timings need and prints them.
     Bench,
@@ -71,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::All => (scenarios::NAMES.to_vec(), true),
-        Cmd::Scenario { name } => (vec![name.as_str()], false),
+        Cmd::Scenario { names } => (names.iter().map(String::as_str).collect(), false),
         Cmd::Bench => (vec![], true),
     };
     let report_path = dirs.work.join("report.txt");

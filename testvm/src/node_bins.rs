@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The project's binaries the VM tests use: the static node binaries (`kmod-day1-load`,
-//! `kmod-day1-pull`, as `make static` builds them) and `mcgen`. A part that does not build
-//! yet is reported and left out, so the harness can prove the rest of the flow.
+//! `kmod-day1-pull`, as `make static` builds them) and `mcgen`. Each must build and run: the
+//! VM tests prove the project's own flow (mcgen's Ignition, the real binaries), so a part
+//! that fails is an error naming it, never a stand-in.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cmd::run;
 
@@ -18,35 +19,24 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// iterations on the harness itself).
 pub const NO_BUILD_ENV: &str = "KMOD_DAY1_VM_NO_BUILD";
 
-/// What could be built.
-#[derive(Debug, Clone, Default)]
+/// The built binaries.
+#[derive(Debug, Clone)]
 pub struct Tools {
     /// Directory holding `kmod-day1-load` and `kmod-day1-pull` (static).
-    pub node_bins: Option<PathBuf>,
+    pub node_bins: PathBuf,
     /// The `mcgen` executable.
-    pub mcgen: Option<PathBuf>,
+    pub mcgen: PathBuf,
 }
 
 impl Tools {
-    /// Builds the node binaries and mcgen from the checkout at `repo`.
-    pub fn build(repo: &Path) -> Self {
-        let node_bins = match build_node_bins(repo) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                warn!("node binaries are not usable yet, the VM gets no kmod-day1 binaries: {e:#}");
-                None
-            }
-        };
-        let mcgen = match build_mcgen(repo) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                warn!(
-                    "mcgen is not usable yet, using the harness's minimal Ignition config: {e:#}"
-                );
-                None
-            }
-        };
-        Self { node_bins, mcgen }
+    /// Builds the node binaries and mcgen from the checkout at `repo` (or, with
+    /// `KMOD_DAY1_VM_NO_BUILD`, finds them built) and checks that each runs.
+    pub fn build(repo: &Path) -> Result<Self> {
+        let node_bins = build_node_bins(repo)
+            .context("the static node binaries kmod-day1-load and kmod-day1-pull are needed for the VM tests")?;
+        let mcgen = build_mcgen(repo)
+            .context("mcgen is needed for the VM tests: it writes every node's Ignition config")?;
+        Ok(Self { node_bins, mcgen })
     }
 }
 

@@ -312,13 +312,32 @@ fn extract_boot_files(root: &Path, boot: &Path, release: &str) -> Result<VmKerne
 /// Copies the cached root to `dest` for one run's changes: a hard-link copy (1 s instead of
 /// a minute for 1.1 GB). Safe because nothing edits a file of the copy in place: the
 /// harness unlinks before writing (`dirs::write_file`), Ignition writes new files and
-/// renames them into place, and `systemctl preset` only adds symlinks.
+/// renames them into place, and `systemctl preset` only adds symlinks. The cache lives
+/// outside the checkout and may be on another filesystem: then a full copy.
 pub fn copy_root(img: &VmImage, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     if dest.exists() {
         std::fs::remove_dir_all(dest).with_context(|| format!("removing {}", dest.display()))?;
     }
-    run(Command::new("cp").arg("-al").arg(&img.root).arg(dest))
-        .with_context(|| format!("copying the VM root to {}", dest.display()))?;
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    let dev = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.dev())
+            .with_context(|| format!("reading {}", p.display()))
+    };
+    let same_fs = dev(&img.root)? == dev(parent)?;
+    if !same_fs {
+        info!(
+            "{} is on another filesystem than {}: copying the VM root in full",
+            img.root.display(),
+            parent.display()
+        );
+    }
+    run(Command::new("cp")
+        .arg(if same_fs { "-al" } else { "-a" })
+        .arg(&img.root)
+        .arg(dest))
+    .with_context(|| format!("copying the VM root to {}", dest.display()))?;
     Ok(())
 }
 

@@ -115,6 +115,12 @@ impl<'a> BootFacts<'a> {
         )
     }
 
+    /// The lines `journalctl -b -p err` lists for the syslog identifier `ident`
+    /// (`kmod-day1-load`, `kmod-day1-pull`), as the guest sent them.
+    pub fn journal_errors(&self, ident: &str) -> Option<String> {
+        self.file(&format!("journal_err.{ident}"))
+    }
+
     /// The kmod-day1 units' journal as the guest sent it.
     pub fn journal(&self) -> String {
         self.file("journal")

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The scenarios of issue 5, each a named test with pass/fail and evidence. Nodes are
+//! The scenarios of issue 5 (and issue 8's journal priorities), each a named test with pass/fail and evidence. Nodes are
 //! shared by scenarios that are steps of the same life (see each file), so the suite fits
 //! CI's time budget; every scenario still runs on its own with `testvm scenario NAME`.
 
 pub mod e1000_node;
 pub mod facts;
+pub mod journal_priorities;
 pub mod multi_modules;
 pub mod power_cut;
 pub mod registry_down;
@@ -27,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "kernel-upgrade",
     "several-modules",
     "broken-module",
+    "journal-priorities",
     "registry-down",
     "power-cut",
 ];
@@ -124,7 +126,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         }
         info!("e1000 node: {:.0} s", t.elapsed().as_secs_f64());
     }
-    if wants("several-modules") || wants("broken-module") || with_bench {
+    if wants("several-modules")
+        || wants("broken-module")
+        || wants("journal-priorities")
+        || with_bench
+    {
         let t = Instant::now();
         match multi_modules::run(lab) {
             Ok(n) => {
@@ -134,6 +140,9 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
                 if wants("broken-module") {
                     reports.push(multi_modules::broken_module(&n));
                 }
+                if wants("journal-priorities") {
+                    reports.push(journal_priorities::journal_priorities(&n));
+                }
                 if let Some(b) = bench::bench_boot(&n.machine.boots) {
                     bench_text.push_str(&format!(
                         "kmod-day1-load vs modprobe (same boot {}, same store tree):\n",
@@ -142,11 +151,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
                     bench_text.push_str(&bench::loader_vs_modprobe(b));
                 }
                 if let Some(last) = n.machine.boots.last() {
-                    bench_text.push_str(&bench::milestones("several configs, 4 sets", last));
+                    bench_text.push_str(&bench::milestones("several configs, 5 sets", last));
                 }
             }
             Err(e) => {
-                for n in ["several-modules", "broken-module"]
+                for n in ["several-modules", "broken-module", "journal-priorities"]
                     .into_iter()
                     .filter(|n| wants(n))
                 {

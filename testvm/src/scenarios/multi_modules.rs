@@ -8,6 +8,11 @@
 //!   loader's preflight refuses it, the in-tree e1000 stays); `failinit` swaps e1000 and then
 //!   loads a module whose init fails (the loader rolls back to the in-tree e1000). The
 //!   network stays up, the status says why, and no reboot loop follows over two more boots.
+//! - **journal priorities** (issue 8): the units log to the journal only, as shipped;
+//!   `unpublished` maps only the newer kernel to an image the registry does not have, so
+//!   every boot's pull fails its prefetch (without holding back the first apply's reboot),
+//!   and `journalctl -p err` must list that and the loader's errors (see
+//!   journal_priorities.rs).
 //!
 //! The bench of loader against modprobe runs in the last boot (see bench.rs).
 
@@ -16,6 +21,7 @@ use kmod_day1_contract::SetState;
 use serde_json::json;
 
 use crate::bench;
+use crate::guest_overlay::UnitLog;
 use crate::lab::{Lab, NodeOptions};
 use crate::markers::first_line;
 use crate::modules_build::BENCH_MODULES;
@@ -27,6 +33,12 @@ use crate::scenarios::report::Report;
 
 /// Config name of the working modules (also used by the bench).
 pub const MULTI_CONFIG: &str = "50-kd1-multi";
+
+/// Config name of the sets that fail.
+pub const BROKEN_CONFIG: &str = "60-kd1-broken";
+
+/// Repository that is never pushed: the `unpublished` set's image for the newer kernel.
+pub const UNPUBLISHED_REPO: &str = "kd1/unpublished";
 
 /// The node after its three boots.
 pub struct MultiNode {
@@ -52,13 +64,22 @@ pub fn configs(lab: &Lab) -> Vec<NodeConfigFile> {
     let names = bench_names();
     let bench_mods: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &[][..])).collect();
     let bench = module_set("bench", &lab.image_ref("kd1/bench"), &bench_mods, &[]);
+    // An image for the newer kernel only, not built yet: the running kernel has none.
+    let unpublished = json!({
+        "name": "unpublished",
+        "kernelMappings": [{
+            "literal": lab.img.upgrade.release,
+            "containerImage": lab.image_ref(UNPUBLISHED_REPO),
+        }],
+        "modules": [{"name": "kd1_dep"}],
+    });
     vec![
         NodeConfigFile {
             name: MULTI_CONFIG.into(),
             module_sets: vec![kd1, bench],
         },
         NodeConfigFile {
-            name: "60-kd1-broken".into(),
+            name: BROKEN_CONFIG.into(),
             module_sets: vec![
                 module_set(
                     "broken",
@@ -72,6 +93,7 @@ pub fn configs(lab: &Lab) -> Vec<NodeConfigFile> {
                     &[("e1000", &[]), ("kd1_fail", &[])],
                     &["e1000"],
                 ),
+                unpublished,
             ],
         },
     ]
@@ -85,6 +107,7 @@ pub fn run(lab: &Lab) -> Result<MultiNode> {
             configs: configs(lab),
             bench_script: Some(bench::script(MULTI_CONFIG, "bench")),
             files: bench::config_files(lab, MULTI_CONFIG, "bench"),
+            unit_log: UnitLog::Journal,
             ..NodeOptions::default()
         },
     )?;
