@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::{
-    containerfile, parse_spec, Delivery, Error, Generator, IgnitionVersion, KmmArgs, NodeImage,
-    DEFAULT_MAX_BYTES,
+    containerfile, disruption_policy_yaml, field_manager, parse_spec, prestage_yaml, Day1Config,
+    Delivery, Error, Generator, IgnitionVersion, KmmArgs, NodeImage, NodeSelector, OnChange,
+    DEFAULT_MAX_BYTES, MAX_ENTRIES, NAMESPACE,
 };
 
 /// What mcgen writes.
@@ -21,6 +22,12 @@ pub enum OutputFormat {
     Ignition,
     /// A Containerfile that layers the node binaries into the OS image.
     Containerfile,
+    /// The objects (YAML) that prepare every node of the pool before the MachineConfig:
+    /// Namespace, ServiceAccount, SCC grant, ConfigMap and a DaemonSet running --node-image.
+    Prestage,
+    /// The MachineConfiguration/cluster node disruption policy (YAML for server-side apply) of
+    /// the MachineConfig's files and units (--on-change).
+    DisruptionPolicy,
 }
 
 /// How the node binaries reach the node.
@@ -56,13 +63,21 @@ node-image`) by digest and kmod-day1-install.service copies the binaries into /u
 with the node's podman once the network is up; layered: the binaries in the OS image, built \
 with the Containerfile of --output containerfile; embedded (the default for --output ignition, \
 at installer time): the binaries inside the config, too large for a MachineConfig. A \
-MachineConfig needs --node-image or --delivery.";
+MachineConfig needs --node-image or --delivery.
+
+Around the MachineConfig: --output prestage writes the objects (Namespace, ServiceAccount, SCC \
+grant, ConfigMap, DaemonSet) that install the binaries of --node-image and store the kmod images \
+on every node of the pool first, so that MCO's drained reboot is the only one; --output \
+disruption-policy writes the MachineConfiguration/cluster entries for its files and units \
+(--on-change reboot|next-boot), for `oc apply --server-side`.";
 
 const AFTER_HELP: &str = "\
 Examples:
   mcgen -f examples/e1000.yaml --node-image quay.io/acme/kmod-day1-node@sha256:<digest>
   mcgen --machine-config 99-worker-ice --machine-config-pool worker --delivery layered \\
         --image quay.io/acme/ice-kmod --kernel-module ice --in-tree-modules-to-remove ice
+  mcgen -f spec.yaml -o prestage --node-image quay.io/acme/kmod-day1-node@sha256:<digest>
+  mcgen -f spec.yaml -o disruption-policy --on-change next-boot --node-image <same>
   mcgen -f spec.yaml --output ignition --node-binaries target/x86_64-unknown-linux-gnu/release
   mcgen -f spec.yaml --output containerfile --base-image quay.io/openshift/rhcos:4.16
 
@@ -139,6 +154,15 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: usize,
 
+    /// With --output disruption-policy: what a later change of the MachineConfig costs a node
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub on_change: Option<OnChange>,
+
+    /// Nodes the prestage DaemonSet runs on, KEY=VALUE (repeat for several) [default:
+    /// node-role.kubernetes.io/<pool>=]
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub node_selector: Vec<String>,
+
     /// OS image the Containerfile layers onto (else it takes --build-arg BASE_IMAGE)
     #[arg(long, value_name = "IMAGE")]
     pub base_image: Option<String>,
@@ -165,8 +189,8 @@ fn read_spec(path: &Path) -> Result<String, Error> {
 }
 
 impl Cli {
-    fn generator(&self) -> Result<(Generator, Vec<String>), Error> {
-        let (config, warnings) = match &self.spec {
+    fn config(&self) -> Result<(Day1Config, Vec<String>), Error> {
+        Ok(match &self.spec {
             Some(path) => parse_spec(&read_spec(path)?, &path.display().to_string())?,
             None => {
                 let missing: Vec<&str> = [
@@ -196,7 +220,11 @@ impl Cli {
                 }
                 .into_config()?
             }
-        };
+        })
+    }
+
+    fn generator(&self) -> Result<(Generator, Vec<String>), Error> {
+        let (config, warnings) = self.config()?;
         let delivery = self.delivery()?;
         if self.output == OutputFormat::Containerfile && delivery != Delivery::Layered {
             return Err(Error::Invalid(
@@ -223,7 +251,9 @@ impl Cli {
             (None, None) => match self.output {
                 OutputFormat::Ignition => DeliveryArg::Embedded,
                 OutputFormat::Containerfile => DeliveryArg::Layered,
-                OutputFormat::Machineconfig => {
+                OutputFormat::Machineconfig
+                | OutputFormat::Prestage
+                | OutputFormat::DisruptionPolicy => {
                     return Err(Error::Invalid(
                         "say how the node binaries reach the nodes: --node-image REF@sha256:<digest> (the node image of `make node-image`, installed with the node's podman), --delivery layered (in the OS image, built with --output containerfile) or --delivery embedded (inside the MachineConfig, when it stays under --max-bytes)".into(),
                     ))
@@ -258,6 +288,19 @@ impl Cli {
             kmod_day1_contract::ImageRef::parse(b)
                 .map_err(|e| Error::Invalid(format!("--base-image: {e}")))?;
         }
+        if self.output == OutputFormat::Prestage {
+            return self.prestage(notes);
+        }
+        if !self.node_selector.is_empty() {
+            return Err(Error::Invalid(
+                "--node-selector goes with --output prestage".into(),
+            ));
+        }
+        if self.on_change.is_some() != (self.output == OutputFormat::DisruptionPolicy) {
+            return Err(Error::Invalid(
+                "--output disruption-policy and --on-change reboot|next-boot go together".into(),
+            ));
+        }
         let (generator, warnings) = self.generator()?;
         notes.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
         match self.output {
@@ -283,7 +326,45 @@ impl Cli {
                 Ok(json)
             }
             OutputFormat::Containerfile => Ok(containerfile(self.base_image.as_deref())),
+            OutputFormat::Prestage => unreachable!("rendered above"),
+            OutputFormat::DisruptionPolicy => {
+                let on_change = self.on_change.expect("checked above");
+                let (yaml, n) =
+                    disruption_policy_yaml(generator.config(), &generator.ignition()?, on_change)?;
+                notes.push(format!(
+                    "disruption policy of MachineConfig {}: adds {} file and {} unit entries (the cluster holds at most {MAX_ENTRIES} of each, for every owner together); apply with `oc apply --server-side --field-manager={} -f`",
+                    generator.config().name,
+                    n.files,
+                    n.units,
+                    field_manager(generator.config())
+                ));
+                Ok(yaml)
+            }
         }
+    }
+
+    fn prestage(&self, notes: &mut Vec<String>) -> Result<String, Error> {
+        let (config, warnings) = self.config()?;
+        notes.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+        let Some(node_image) = self.node_image.as_deref() else {
+            return Err(Error::Invalid(
+                "--output prestage runs the node image on every node of the pool: give --node-image REF@sha256:<digest> (`make node-image` prints the digest)".into(),
+            ));
+        };
+        let node_image = NodeImage::parse(node_image)?;
+        let selector = if self.node_selector.is_empty() {
+            NodeSelector::for_pool(config.pool.as_str())
+        } else {
+            NodeSelector::parse(&self.node_selector)?
+        };
+        let yaml = prestage_yaml(&config, &node_image, &selector)?;
+        notes.push(format!(
+            "prestage of {} for pool {}: `oc apply -f` it, wait for `oc -n {NAMESPACE} rollout status daemonset/kmod-day1-{}` (ready = stored), then apply the MachineConfig",
+            config.name,
+            config.pool.as_str(),
+            config.name
+        ));
+        Ok(yaml)
     }
 }
 

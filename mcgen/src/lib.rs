@@ -21,6 +21,7 @@
 
 mod cli;
 mod containerfile;
+mod disruption_policy;
 mod error;
 mod ignition;
 mod image_delivery;
@@ -28,6 +29,7 @@ mod kmm;
 mod machineconfig;
 mod node_binaries;
 mod node_image;
+mod prestage;
 mod spec;
 mod units;
 
@@ -35,6 +37,10 @@ use std::path::PathBuf;
 
 pub use cli::{run, Cli, OutputFormat};
 pub use containerfile::containerfile;
+pub use disruption_policy::{
+    check_policy, disruption_policy, disruption_policy_yaml, field_manager, OnChange,
+    PolicyEntries, MAX_ENTRIES,
+};
 pub use error::Error;
 pub use ignition::{config_path, IgnitionVersion};
 pub use image_delivery::{
@@ -48,6 +54,7 @@ pub use node_image::{
     read_static_binary, write_layout, ImageFile, ImageMeta, WrittenImage, IMAGE_BIN_DIR,
     IMAGE_SHELL,
 };
+pub use prestage::{prestage_objects, prestage_yaml, NodeSelector, AGENT_SCRIPT, NAMESPACE};
 pub use spec::{parse_spec, Day1Config, ModuleSetBuilder, PoolName, API_VERSION, KIND};
 pub use units::{LOAD_UNIT, NODE_BINARIES, PULL_SHUTDOWN_UNIT, PULL_UNIT};
 

@@ -7,11 +7,9 @@
 
 mod support;
 
-use support::{mcgen, root, validate_ignition, KMM_FLAGS};
+use support::{mcgen, root, validate_ignition, KMM_FLAGS, NODE_IMAGE};
 
 const BIN: &str = "mcgen/tests/fixtures/node-binaries";
-/// The node image of the golden cases (a tag beside the digest: the MachineConfig keeps the digest).
-const NODE_IMAGE: &str = "quay.io/kmod-day1/node:0.1.0@sha256:4e1f5cbd3cf2a8b2f3bd0f9a6c7e2d1b0a9f8e7d6c5b4a3928170615f4e3d2c1";
 /// The largest image-delivery MachineConfig for examples/e1000.yaml: MCO merges every
 /// MachineConfig of a pool into one rendered config.
 const IMAGE_MC_TARGET: usize = 16 * 1024;
@@ -32,6 +30,10 @@ fn cases() -> Vec<(&'static str, String)> {
         ("e1000.embedded.machineconfig.yaml", format!("-f examples/e1000.yaml --delivery embedded {bin}")),
         ("kmm-flags.machineconfig.yaml", format!("{kmm} --delivery layered --in-tree-modules-to-remove ice,irdma --firmware-files-path /firmware")),
         ("kmm-bmc.machineconfig.yaml", "-f mcgen/tests/cases/bmc.yaml --delivery layered".into()),
+        ("e1000.prestage.yaml", format!("-f examples/e1000.yaml -o prestage --node-image {NODE_IMAGE}")),
+        ("multi.prestage.yaml", format!("-f examples/multi.yaml -o prestage --node-image {NODE_IMAGE} --node-selector node-role.kubernetes.io/worker-cnf= --node-selector kubernetes.io/arch=amd64")),
+        ("e1000.disruption-policy.next-boot.yaml", format!("-f examples/e1000.yaml -o disruption-policy --on-change next-boot --node-image {NODE_IMAGE}")),
+        ("e1000.disruption-policy.reboot.yaml", format!("-f examples/e1000.yaml -o disruption-policy --on-change reboot --node-image {NODE_IMAGE}")),
         ("layered.Containerfile", "-f examples/e1000.yaml -o containerfile --base-image quay.io/openshift-release-dev/rhcos:4.16".into()),
         ("layered-no-base.Containerfile", "-f examples/e1000.yaml -o containerfile".into()),
     ]
@@ -60,7 +62,7 @@ fn golden_outputs() {
         let text = String::from_utf8(out.stdout).unwrap();
         if name.ends_with(".json") {
             validate_ignition(&text);
-        } else if name.ends_with(".yaml") {
+        } else if name.ends_with(".machineconfig.yaml") {
             validate_ignition(&machine_config_ignition(&text));
             assert!(
                 stderr.contains("bytes (limit 1048576)"),

@@ -244,3 +244,56 @@ fn failures_are_one_journal_line_and_change_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not pinned by a sha256 digest"));
 }
+
+#[test]
+fn the_prestage_agent_installs_and_records_the_configs_to_come() {
+    let node = Node::new("load\n", "pull\n");
+    // The ConfigMap's mount: the config to come and both scripts.
+    let cm = node.path("prestage");
+    std::fs::create_dir_all(&cm).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/install");
+    for s in ["kmod-day1-install.sh", "kmod-day1-agent.sh"] {
+        std::fs::copy(src.join(s), cm.join(s)).unwrap();
+    }
+    std::fs::write(cm.join("99-worker-kmod-e1000.json"), "{\"version\":1}\n").unwrap();
+    let host = node.path("host");
+    let agent = |shell: &[&str]| {
+        Command::new(shell[0])
+            .args(&shell[1..])
+            .arg(cm.join("kmod-day1-agent.sh"))
+            .args(["prestage", &format!("reg.local/n@{DIGEST}")])
+            .env("KMOD_DAY1_HOST", &host)
+            .env("KMOD_DAY1_FROM", node.path("image/usr/bin"))
+            .output()
+            .unwrap()
+    };
+    for shell in shells() {
+        let out = agent(&shell);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{shell:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.join("usr/local/bin/kmod-day1-load")).unwrap(),
+            "load\n"
+        );
+        assert!(host.join("var/lib/kmod-day1/node-binaries.json").exists());
+        assert_eq!(
+            std::fs::read_to_string(
+                host.join("var/lib/kmod-day1/prestaged/99-worker-kmod-e1000.json")
+            )
+            .unwrap(),
+            "{\"version\":1}\n"
+        );
+        // Once recorded, the same config is not written again.
+        let again = agent(&shell);
+        assert!(again.status.success());
+        assert!(
+            !String::from_utf8_lossy(&again.stdout).contains("prestaged 99-worker"),
+            "{stdout}"
+        );
+        std::fs::remove_dir_all(&host).unwrap();
+    }
+}

@@ -17,6 +17,10 @@ pub const KMM_FLAGS: [&str; 8] = [
     "ice",
 ];
 
+/// The node image of the test cases (a tag beside the digest: mcgen keeps the digest).
+#[allow(dead_code)]
+pub const NODE_IMAGE: &str = "quay.io/kmod-day1/node:0.1.0@sha256:4e1f5cbd3cf2a8b2f3bd0f9a6c7e2d1b0a9f8e7d6c5b4a3928170615f4e3d2c1";
+
 /// The workspace root: example paths in the cases are relative to it.
 #[allow(dead_code)]
 pub fn root() -> PathBuf {

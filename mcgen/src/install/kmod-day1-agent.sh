@@ -1,0 +1,63 @@
+#!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
+# The prestage agent (mcgen --output prestage), run by the node image's static busybox in a
+# privileged pod of the DaemonSet, with the host's / at /host and this directory from the
+# ConfigMap (the configs to come, kmod-day1-install.sh, this script).
+#   kmod-day1-agent.sh prestage REF@sha256:DIGEST
+#       installs the node binaries of this image on the host as kmod-day1-install.service
+#       does (same script, same record), then records the configs to come in the store
+#       (STORE/prestaged/<config>.json), where kmod-day1-pull finds them.
+#   kmod-day1-agent.sh run
+#       runs the host's kmod-day1-pull --no-reboot (chroot: the node's own paths, pull
+#       secrets, registries.conf, policy.json and CA bundle) now, then every hour, five
+#       minutes after a failure, until the pod stops.
+set -eu
+host=${KMOD_DAY1_HOST:-/host}
+here=$(dirname "$0")
+
+case ${1:-} in
+prestage)
+    KMOD_DAY1_FROM=${KMOD_DAY1_FROM:-/usr/bin} KMOD_DAY1_BIN_DIR=$host/usr/local/bin \
+        KMOD_DAY1_STORE=$host/var/lib/kmod-day1 sh "$here/kmod-day1-install.sh" "$2"
+    dir=$host/var/lib/kmod-day1/prestaged
+    mkdir -p "$dir"
+    for f in "$here"/*.json; do
+        n=${f##*/}
+        if cmp -s "$f" "$dir/$n"; then
+            continue
+        fi
+        { cp "$f" "$dir/.$n.tmp" && sync "$dir/.$n.tmp" && mv -f "$dir/.$n.tmp" "$dir/$n" && sync "$dir"; } || {
+            echo "<3>kmod-day1-agent: could not record $dir/$n" >&2
+            exit 1
+        }
+        echo "kmod-day1-agent: prestaged $n"
+    done
+    ;;
+run)
+    # The cluster-wide proxy, as MCO writes it for the node's own units.
+    if [ -f "$host/etc/mco/proxy.env" ]; then
+        set -a
+        . "$host/etc/mco/proxy.env"
+        set +a
+    fi
+    child=
+    trap '[ -z "$child" ] || kill "$child" 2>/dev/null; exit 0' TERM INT
+    while :; do
+        chroot "$host" /usr/local/bin/kmod-day1-pull --no-reboot &
+        child=$!
+        if wait "$child"; then
+            pause=3600
+        else
+            echo "<4>kmod-day1-agent: kmod-day1-pull failed (exit $?); trying again in 5 minutes" >&2
+            pause=300
+        fi
+        sleep "$pause" &
+        child=$!
+        wait "$child" || :
+    done
+    ;;
+*)
+    echo "usage: kmod-day1-agent.sh prestage REF@sha256:DIGEST | run" >&2
+    exit 2
+    ;;
+esac

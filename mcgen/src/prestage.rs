@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `--output prestage`: what `oc apply -f` needs to prepare every node of a pool before its
+//! MachineConfig, so that MCO's drained reboot is the only one: a Namespace that admits
+//! privileged pods, a ServiceAccount granted the `privileged` SCC, a ConfigMap with the config
+//! to come and the agent's scripts, and a DaemonSet that runs the node image on the pool.
+//!
+//! The DaemonSet's init container installs the node binaries on the host (the install unit's
+//! script and record) and records the config to come in `STORE/prestaged/`; its agent runs
+//! the host's `kmod-day1-pull --no-reboot` (for the running kernel and every kernel the node
+//! can boot), then again every hour. Ready means "stored": `kmod-day1-pull --check-stored`,
+//! which needs no network, exits 0 once every set of every config (`config.d` and the
+//! prestaged ones) is stored for the running kernel.
+
+use serde_json::{json, Value};
+
+use crate::{image_delivery, Day1Config, Error, NodeImage, IMAGE_BIN_DIR, IMAGE_SHELL};
+
+/// The namespace of the prestage objects.
+pub const NAMESPACE: &str = "kmod-day1";
+/// The agent's ServiceAccount.
+pub const SERVICE_ACCOUNT: &str = "kmod-day1-agent";
+/// The agent's script, as in `mcgen/src/install/kmod-day1-agent.sh`.
+pub const AGENT_SCRIPT: &str = include_str!("install/kmod-day1-agent.sh");
+/// Where the ConfigMap is mounted in the agent's containers.
+const CONFIG_MOUNT: &str = "/etc/kmod-day1-prestage";
+/// Where the host's `/` is mounted in the agent's containers.
+const HOST_MOUNT: &str = "/host";
+
+/// Label selectors of the nodes the DaemonSet runs on: `key=value` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSelector(Vec<(String, String)>);
+
+impl NodeSelector {
+    /// The nodes of a pool: `node-role.kubernetes.io/<pool>` (MCO's pools select nodes by it).
+    pub fn for_pool(pool: &str) -> Self {
+        Self(vec![(
+            format!("node-role.kubernetes.io/{pool}"),
+            String::new(),
+        )])
+    }
+
+    /// Parses `key=value` pairs (label keys and values as Kubernetes validates them).
+    pub fn parse(pairs: &[String]) -> Result<Self, Error> {
+        let mut out = vec![];
+        for p in pairs {
+            let Some((k, v)) = p.split_once('=') else {
+                return Err(Error::Invalid(format!(
+                    "--node-selector {p:?} is not key=value (e.g. node-role.kubernetes.io/worker-cnf=)"
+                )));
+            };
+            check_label_key(k)
+                .and_then(|()| check_label_value(v))
+                .map_err(|why| Error::Invalid(format!("--node-selector {p:?}: {why}")))?;
+            out.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(Self(out))
+    }
+
+    fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    }
+}
+
+fn check_label_value(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    let ok = b.is_empty()
+        || (b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{v:?} is not a label value: up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
+    }
+}
+
+fn check_label_key(k: &str) -> Result<(), String> {
+    let name = match k.rsplit_once('/') {
+        Some((prefix, name)) => {
+            kmod_day1_contract::check_dns1123_subdomain(prefix)
+                .map_err(|why| format!("label key prefix {prefix:?} {why}"))?;
+            name
+        }
+        None => k,
+    };
+    if name.is_empty() {
+        return Err(format!("label key {k:?} has no name"));
+    }
+    check_label_value(name).map_err(|_| format!("label key {k:?}: the name part must be up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
+}
+
+/// The names of one prestage's objects.
+fn object_name(config: &Day1Config) -> Result<String, Error> {
+    let name = format!("kmod-day1-{}", config.name);
+    // The DaemonSet's name is also a label value of its pods.
+    if name.len() > 63 || name.contains('.') {
+        return Err(Error::Invalid(format!(
+            "the prestage objects would be named {name:?}: a DaemonSet name here must be a DNS-1123 label of at most 63 characters; shorten the MachineConfig name (at most 53 characters, no '.')"
+        )));
+    }
+    Ok(name)
+}
+
+/// The prestage objects as values, in the order `oc apply -f` needs them.
+pub fn prestage_objects(
+    config: &Day1Config,
+    node_image: &NodeImage,
+    selector: &NodeSelector,
+) -> Result<Vec<Value>, Error> {
+    let name = object_name(config)?;
+    let image = node_image.reference();
+    let labels = json!({
+        "app.kubernetes.io/name": "kmod-day1-agent",
+        "app.kubernetes.io/instance": config.name.as_str(),
+        "app.kubernetes.io/part-of": "kmod-day1",
+    });
+    let config_file = format!("{}.json", config.name);
+    let shell = |args: &[&str]| {
+        let mut c = vec![IMAGE_SHELL.to_owned(), "sh".to_owned()];
+        c.extend(args.iter().map(|a| (*a).to_owned()));
+        c
+    };
+    let mounts = json!([
+        { "name": "host", "mountPath": HOST_MOUNT, "mountPropagation": "HostToContainer" },
+        { "name": "prestage", "mountPath": CONFIG_MOUNT, "readOnly": true },
+    ]);
+    let security = json!({ "privileged": true, "runAsUser": 0, "readOnlyRootFilesystem": true });
+    let resources = json!({ "requests": { "cpu": "10m", "memory": "64Mi" } });
+    let agent = format!("{CONFIG_MOUNT}/kmod-day1-agent.sh");
+    Ok(vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": NAMESPACE,
+                "labels": {
+                    // Pod Security Admission: the agent is privileged and uses host paths.
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    "pod-security.kubernetes.io/audit": "privileged",
+                    "pod-security.kubernetes.io/warn": "privileged",
+                    // OpenShift's label syncer must not lower them.
+                    "security.openshift.io/scc.podSecurityLabelSync": "false",
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": { "name": SERVICE_ACCOUNT, "namespace": NAMESPACE },
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": { "name": "kmod-day1-agent-scc-privileged", "namespace": NAMESPACE },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:openshift:scc:privileged",
+            },
+            "subjects": [{ "kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE }],
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": NAMESPACE, "labels": labels },
+            "data": {
+                config_file: config.node.to_json(),
+                "kmod-day1-install.sh": image_delivery::INSTALL_SCRIPT,
+                "kmod-day1-agent.sh": AGENT_SCRIPT,
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": { "name": name, "namespace": NAMESPACE, "labels": labels },
+            "spec": {
+                "selector": { "matchLabels": labels },
+                // A pod is ready once its node stored the images: a wave of 10% at a time.
+                "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "10%" } },
+                "template": {
+                    "metadata": { "labels": labels },
+                    "spec": {
+                        "serviceAccountName": SERVICE_ACCOUNT,
+                        "nodeSelector": selector.to_json(),
+                        // The master pool (the only pool of a single-node cluster) is tainted.
+                        "tolerations": [
+                            { "key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule" },
+                            { "key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule" },
+                        ],
+                        // The pull runs as the node's: its network, DNS, proxy and source address.
+                        "hostNetwork": true,
+                        "initContainers": [{
+                            "name": "prestage",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": shell(&[&agent, "prestage", &image]),
+                            "env": [{ "name": "KMOD_DAY1_FROM", "value": IMAGE_BIN_DIR }],
+                            "securityContext": security,
+                            "resources": resources,
+                            "volumeMounts": mounts,
+                        }],
+                        "containers": [{
+                            "name": "agent",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": shell(&[&agent, "run"]),
+                            "readinessProbe": {
+                                "exec": { "command": [
+                                    IMAGE_SHELL, "chroot", HOST_MOUNT,
+                                    "/usr/local/bin/kmod-day1-pull", "--check-stored",
+                                ] },
+                                "initialDelaySeconds": 5,
+                                "periodSeconds": 30,
+                                "timeoutSeconds": 20,
+                                "failureThreshold": 3,
+                            },
+                            "securityContext": security,
+                            "resources": resources,
+                            "volumeMounts": mounts,
+                        }],
+                        "volumes": [
+                            { "name": "host", "hostPath": { "path": "/", "type": "Directory" } },
+                            { "name": "prestage", "configMap": { "name": name, "defaultMode": 0o444 } },
+                        ],
+                    },
+                },
+            },
+        }),
+    ])
+}
+
+/// The prestage objects as one multi-document YAML for `oc apply -f`.
+pub fn prestage_yaml(
+    config: &Day1Config,
+    node_image: &NodeImage,
+    selector: &NodeSelector,
+) -> Result<String, Error> {
+    let docs = prestage_objects(config, node_image, selector)?;
+    Ok(docs
+        .iter()
+        .map(|d| serde_norway::to_string(d).expect("YAML serializes"))
+        .collect::<Vec<_>>()
+        .join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_selectors() {
+        assert_eq!(
+            NodeSelector::for_pool("worker").0,
+            [("node-role.kubernetes.io/worker".to_owned(), String::new())]
+        );
+        let s = NodeSelector::parse(&[
+            "node-role.kubernetes.io/worker-cnf=".into(),
+            "zone=a1".into(),
+        ])
+        .unwrap();
+        assert_eq!(s.0.len(), 2);
+        for bad in [
+            "nokey",
+            "a/b/c=x",
+            "-a=b",
+            "k=-v",
+            "UPPER.example.com/x=y",
+            "k=a b",
+        ] {
+            assert!(NodeSelector::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,413 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The fields and types of the upstream API objects mcgen writes, as their Go types declare
+//! them (json tags, pointer = optional, `+required`, enums of string constants, list-map
+//! keys), written by hand from:
+//! - kubernetes/api core/v1/types.go (Namespace, ServiceAccount, ConfigMap, PodSpec,
+//!   Container, Volume, HostPathVolumeSource, ConfigMapVolumeSource, VolumeMount, Probe,
+//!   ExecAction, SecurityContext, Toleration, ResourceRequirements, EnvVar),
+//! - kubernetes/api apps/v1/types.go (DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy,
+//!   RollingUpdateDaemonSet), rbac/v1/types.go (RoleBinding, Subject, RoleRef),
+//! - kubernetes/apimachinery meta/v1 (ObjectMeta, LabelSelector),
+//! - openshift/api operator/v1/types_machineconfiguration.go (MachineConfiguration,
+//!   NodeDisruptionPolicyConfig and its files, units and actions).
+//!
+//! Only the fields of those types are listed that a kmod-day1 output may use plus their
+//! siblings commonly set; a field outside the list fails the check, as `oc apply
+//! --validate=strict` would fail it.
+
+use serde_json::Value;
+
+/// A schema node.
+pub enum S {
+    Str,
+    /// A string from a fixed set (Go string constants).
+    Enum(&'static [&'static str]),
+    Int,
+    Bool,
+    /// intstr.IntOrString.
+    IntOrStr,
+    /// resource.Quantity, serialized as a string.
+    Quantity,
+    /// map[string]T.
+    Map(Box<S>),
+    List(Box<S>),
+    /// Fields: (json name, schema, required).
+    Obj(Vec<(&'static str, S, bool)>),
+}
+
+use S::*;
+
+fn opt(name: &'static str, s: S) -> (&'static str, S, bool) {
+    (name, s, false)
+}
+fn req(name: &'static str, s: S) -> (&'static str, S, bool) {
+    (name, s, true)
+}
+fn list(s: S) -> S {
+    List(Box::new(s))
+}
+fn map(s: S) -> S {
+    Map(Box::new(s))
+}
+
+/// Checks `v` against `s`; problems are pushed as "path: what".
+pub fn check(v: &Value, s: &S, path: &str, problems: &mut Vec<String>) {
+    match (s, v) {
+        (Str, Value::String(_)) | (Bool, Value::Bool(_)) => {}
+        (Int, Value::Number(n)) if n.is_i64() => {}
+        (IntOrStr, Value::String(_)) => {}
+        (IntOrStr, Value::Number(n)) if n.is_i64() => {}
+        (Quantity, Value::String(q)) => {
+            let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let suffix = &q[digits.len()..];
+            if digits.is_empty()
+                || digits.parse::<f64>().is_err()
+                || !["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+            {
+                problems.push(format!("{path}: {q:?} is not a quantity"));
+            }
+        }
+        (Enum(allowed), Value::String(x)) => {
+            if !allowed.contains(&x.as_str()) {
+                problems.push(format!("{path}: {x:?} is not one of {allowed:?}"));
+            }
+        }
+        (Map(inner), Value::Object(m)) => {
+            for (k, x) in m {
+                check(x, inner, &format!("{path}.{k}"), problems);
+            }
+        }
+        (List(inner), Value::Array(a)) => {
+            for (i, x) in a.iter().enumerate() {
+                check(x, inner, &format!("{path}[{i}]"), problems);
+            }
+        }
+        (Obj(fields), Value::Object(m)) => {
+            for k in m.keys() {
+                if !fields.iter().any(|(n, _, _)| n == k) {
+                    problems.push(format!("{path}: unknown field {k:?}"));
+                }
+            }
+            for (name, schema, required) in fields {
+                match m.get(*name) {
+                    Some(x) => check(x, schema, &format!("{path}.{name}"), problems),
+                    None if *required => problems.push(format!("{path}: {name} is required")),
+                    None => {}
+                }
+            }
+        }
+        (_, other) => problems.push(format!("{path}: wrong type: {other}")),
+    }
+}
+
+fn object_meta() -> S {
+    Obj(vec![
+        opt("name", Str),
+        opt("generateName", Str),
+        opt("namespace", Str),
+        opt("labels", map(Str)),
+        opt("annotations", map(Str)),
+        opt("finalizers", list(Str)),
+    ])
+}
+
+fn type_meta(
+    api_version: &'static [&'static str],
+    kind: &'static [&'static str],
+) -> Vec<(&'static str, S, bool)> {
+    vec![
+        req("apiVersion", Enum(api_version)),
+        req("kind", Enum(kind)),
+        req("metadata", object_meta()),
+    ]
+}
+
+fn label_selector() -> S {
+    Obj(vec![
+        opt("matchLabels", map(Str)),
+        opt(
+            "matchExpressions",
+            list(Obj(vec![
+                req("key", Str),
+                req("operator", Enum(&["In", "NotIn", "Exists", "DoesNotExist"])),
+                opt("values", list(Str)),
+            ])),
+        ),
+    ])
+}
+
+fn probe() -> S {
+    Obj(vec![
+        opt("exec", Obj(vec![opt("command", list(Str))])),
+        opt("initialDelaySeconds", Int),
+        opt("timeoutSeconds", Int),
+        opt("periodSeconds", Int),
+        opt("successThreshold", Int),
+        opt("failureThreshold", Int),
+        opt("terminationGracePeriodSeconds", Int),
+    ])
+}
+
+fn container() -> S {
+    Obj(vec![
+        req("name", Str),
+        opt("image", Str),
+        opt("command", list(Str)),
+        opt("args", list(Str)),
+        opt("workingDir", Str),
+        opt("env", list(Obj(vec![req("name", Str), opt("value", Str)]))),
+        opt(
+            "resources",
+            Obj(vec![
+                opt("limits", map(Quantity)),
+                opt("requests", map(Quantity)),
+            ]),
+        ),
+        opt(
+            "volumeMounts",
+            list(Obj(vec![
+                req("name", Str),
+                opt("readOnly", Bool),
+                req("mountPath", Str),
+                opt("subPath", Str),
+                opt(
+                    "mountPropagation",
+                    Enum(&["None", "HostToContainer", "Bidirectional"]),
+                ),
+            ])),
+        ),
+        opt("livenessProbe", probe()),
+        opt("readinessProbe", probe()),
+        opt("startupProbe", probe()),
+        opt("terminationMessagePath", Str),
+        opt(
+            "terminationMessagePolicy",
+            Enum(&["File", "FallbackToLogsOnError"]),
+        ),
+        opt(
+            "imagePullPolicy",
+            Enum(&["Always", "Never", "IfNotPresent"]),
+        ),
+        opt(
+            "securityContext",
+            Obj(vec![
+                opt(
+                    "capabilities",
+                    Obj(vec![opt("add", list(Str)), opt("drop", list(Str))]),
+                ),
+                opt("privileged", Bool),
+                opt("runAsUser", Int),
+                opt("runAsGroup", Int),
+                opt("runAsNonRoot", Bool),
+                opt("readOnlyRootFilesystem", Bool),
+                opt("allowPrivilegeEscalation", Bool),
+            ]),
+        ),
+    ])
+}
+
+fn volume() -> S {
+    Obj(vec![
+        req("name", Str),
+        opt(
+            "hostPath",
+            Obj(vec![
+                req("path", Str),
+                opt(
+                    "type",
+                    Enum(&[
+                        "",
+                        "DirectoryOrCreate",
+                        "Directory",
+                        "FileOrCreate",
+                        "File",
+                        "Socket",
+                        "CharDevice",
+                        "BlockDevice",
+                    ]),
+                ),
+            ]),
+        ),
+        opt(
+            "configMap",
+            Obj(vec![
+                opt("name", Str),
+                opt(
+                    "items",
+                    list(Obj(vec![
+                        req("key", Str),
+                        req("path", Str),
+                        opt("mode", Int),
+                    ])),
+                ),
+                opt("defaultMode", Int),
+                opt("optional", Bool),
+            ]),
+        ),
+        opt(
+            "emptyDir",
+            Obj(vec![opt("medium", Str), opt("sizeLimit", Quantity)]),
+        ),
+    ])
+}
+
+fn pod_spec() -> S {
+    Obj(vec![
+        opt("volumes", list(volume())),
+        opt("initContainers", list(container())),
+        req("containers", list(container())),
+        opt("restartPolicy", Enum(&["Always", "OnFailure", "Never"])),
+        opt("terminationGracePeriodSeconds", Int),
+        opt(
+            "dnsPolicy",
+            Enum(&["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"]),
+        ),
+        opt("nodeSelector", map(Str)),
+        opt("serviceAccountName", Str),
+        opt("automountServiceAccountToken", Bool),
+        opt("hostNetwork", Bool),
+        opt("hostPID", Bool),
+        opt("hostIPC", Bool),
+        opt("priorityClassName", Str),
+        opt(
+            "tolerations",
+            list(Obj(vec![
+                opt("key", Str),
+                opt("operator", Enum(&["Exists", "Equal"])),
+                opt("value", Str),
+                opt(
+                    "effect",
+                    Enum(&["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                ),
+                opt("tolerationSeconds", Int),
+            ])),
+        ),
+    ])
+}
+
+/// The schema of an object by its kind.
+pub fn schema_of(kind: &str) -> Option<S> {
+    Some(match kind {
+        "Namespace" => Obj({
+            let mut f = type_meta(&["v1"], &["Namespace"]);
+            f.push(opt("spec", Obj(vec![opt("finalizers", list(Str))])));
+            f
+        }),
+        "ServiceAccount" => Obj({
+            let mut f = type_meta(&["v1"], &["ServiceAccount"]);
+            f.push(opt("automountServiceAccountToken", Bool));
+            f.push(opt("imagePullSecrets", list(Obj(vec![opt("name", Str)]))));
+            f
+        }),
+        "RoleBinding" => Obj({
+            let mut f = type_meta(&["rbac.authorization.k8s.io/v1"], &["RoleBinding"]);
+            f.push(opt(
+                "subjects",
+                list(Obj(vec![
+                    req("kind", Enum(&["ServiceAccount", "User", "Group"])),
+                    opt("apiGroup", Str),
+                    req("name", Str),
+                    opt("namespace", Str),
+                ])),
+            ));
+            f.push(req(
+                "roleRef",
+                Obj(vec![
+                    req("apiGroup", Str),
+                    req("kind", Enum(&["Role", "ClusterRole"])),
+                    req("name", Str),
+                ]),
+            ));
+            f
+        }),
+        "ConfigMap" => Obj({
+            let mut f = type_meta(&["v1"], &["ConfigMap"]);
+            f.push(opt("immutable", Bool));
+            f.push(opt("data", map(Str)));
+            f.push(opt("binaryData", map(Str)));
+            f
+        }),
+        "DaemonSet" => Obj({
+            let mut f = type_meta(&["apps/v1"], &["DaemonSet"]);
+            f.push(req(
+                "spec",
+                Obj(vec![
+                    req("selector", label_selector()),
+                    req(
+                        "template",
+                        Obj(vec![
+                            opt("metadata", object_meta()),
+                            opt("spec", pod_spec()),
+                        ]),
+                    ),
+                    opt(
+                        "updateStrategy",
+                        Obj(vec![
+                            opt("type", Enum(&["RollingUpdate", "OnDelete"])),
+                            opt(
+                                "rollingUpdate",
+                                Obj(vec![
+                                    opt("maxUnavailable", IntOrStr),
+                                    opt("maxSurge", IntOrStr),
+                                ]),
+                            ),
+                        ]),
+                    ),
+                    opt("minReadySeconds", Int),
+                    opt("revisionHistoryLimit", Int),
+                ]),
+            ));
+            f
+        }),
+        "MachineConfiguration" => Obj({
+            let mut f = type_meta(&["operator.openshift.io/v1"], &["MachineConfiguration"]);
+            let action = || {
+                Obj(vec![
+                    req(
+                        "type",
+                        Enum(&[
+                            "Reboot",
+                            "Drain",
+                            "Reload",
+                            "Restart",
+                            "DaemonReload",
+                            "None",
+                        ]),
+                    ),
+                    opt("reload", Obj(vec![req("serviceName", Str)])),
+                    opt("restart", Obj(vec![req("serviceName", Str)])),
+                ])
+            };
+            f.push(req(
+                "spec",
+                Obj(vec![opt(
+                    "nodeDisruptionPolicy",
+                    Obj(vec![
+                        opt(
+                            "files",
+                            list(Obj(vec![req("path", Str), req("actions", list(action()))])),
+                        ),
+                        opt(
+                            "units",
+                            list(Obj(vec![req("name", Str), req("actions", list(action()))])),
+                        ),
+                        opt("sshkey", Obj(vec![req("actions", list(action()))])),
+                    ]),
+                )]),
+            ));
+            f
+        }),
+        _ => return None,
+    })
+}
+
+/// Checks one object against the schema of its kind; returns the problems.
+pub fn check_object(v: &Value) -> Vec<String> {
+    let kind = v["kind"].as_str().unwrap_or("");
+    let Some(s) = schema_of(kind) else {
+        return vec![format!("no schema for kind {kind:?}")];
+    };
+    let mut problems = vec![];
+    check(v, &s, kind, &mut problems);
+    problems
+}
