@@ -47,18 +47,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         info!("kmod_day1.disable is on the kernel command line: nothing to do");
         return Ok(Exit::Ok);
     }
-    if cli.at_shutdown && !cli.assume_shutdown {
-        match crate::shutdown::system_is_stopping().await {
-            Ok(true) => info!("the system is shutting down: fetching what the next boot needs"),
-            Ok(false) => {
-                info!("the unit was stopped, the system is not shutting down: nothing to do");
-                return Ok(Exit::Ok);
-            }
-            Err(e) => {
-                warn!("cannot tell whether the system is shutting down ({e:#}): nothing to do");
-                return Ok(Exit::Ok);
-            }
-        }
+    if cli.at_shutdown && !cli.assume_shutdown && !crate::shutdown::shutting_down().await {
+        return Ok(Exit::Ok);
     }
     let kernel = match &cli.kernel_release {
         Some(k) => k.clone(),

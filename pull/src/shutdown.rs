@@ -6,8 +6,28 @@
 
 use anyhow::Context as _;
 
+/// Whether the stop step has work: the system is going down. Says why not otherwise.
+pub(crate) async fn shutting_down() -> bool {
+    match system_is_stopping().await {
+        Ok(true) => {
+            tracing::info!("the system is shutting down: fetching what the next boot needs");
+            true
+        }
+        Ok(false) => {
+            tracing::info!("the unit was stopped, the system is not shutting down: nothing to do");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell whether the system is shutting down ({e:#}): nothing to do"
+            );
+            false
+        }
+    }
+}
+
 /// Whether systemd is shutting the system down.
-pub(crate) async fn system_is_stopping() -> anyhow::Result<bool> {
+async fn system_is_stopping() -> anyhow::Result<bool> {
     let conn = zbus::Connection::system()
         .await
         .context("connecting to the system D-Bus")?;
