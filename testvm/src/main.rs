@@ -27,8 +27,8 @@ enum Cmd {
     /// Runs every scenario and prints the timings.
     All,
     /// Runs the named scenarios (first-apply, cached-boot, kernel-upgrade, several-modules,
-    /// broken-module, journal-priorities, registry-down, power-cut); scenarios of one node
-    /// share its boots.
+    /// broken-module, journal-priorities, modprobe-config, registry-down, power-cut);
+    /// scenarios of one node share its boots.
     Scenario {
         /// Scenario names.
         #[arg(required = true)]

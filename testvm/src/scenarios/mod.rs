@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The scenarios of issue 5 (and issue 8's journal priorities), each a named test with pass/fail and evidence. Nodes are
-//! shared by scenarios that are steps of the same life (see each file), so the suite fits
-//! CI's time budget; every scenario still runs on its own with `testvm scenario NAME`.
+//! The scenarios of issue 5 (and issue 8's journal priorities, issue 14's modprobe
+//! configuration), each a named test with pass/fail and evidence. Nodes are shared by
+//! scenarios that are steps of the same life (see each file), so the suite fits CI's time
+//! budget; every scenario still runs on its own with `testvm scenario NAME`.
 
 pub mod e1000_node;
 pub mod facts;
 pub mod journal_priorities;
+pub mod modprobe_config;
 pub mod multi_modules;
 pub mod power_cut;
 pub mod registry_down;
@@ -29,6 +31,7 @@ pub const NAMES: &[&str] = &[
     "several-modules",
     "broken-module",
     "journal-priorities",
+    "modprobe-config",
     "registry-down",
     "power-cut",
 ];
@@ -164,6 +167,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
             }
         }
         info!("multi node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("modprobe-config") {
+        let t = Instant::now();
+        reports.push(modprobe_config::run(lab).unwrap_or_else(|e| failed("modprobe-config", &e)));
+        info!("modprobe-config node: {:.0} s", t.elapsed().as_secs_f64());
     }
     if wants("registry-down") {
         let t = Instant::now();
