@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::docker::{require, skopeo_push, start_registry, start_registry_tls};
 use common::{Node, K};
+use kmod_day1_test_registry::docker::{require, skopeo_push, start_registry, start_registry_tls};
 use kmod_day1_test_registry::{BuiltImage, Compression, Image, Layer};
 
 fn image(marker: &str) -> BuiltImage {

@@ -16,11 +16,11 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
-use common::docker::{require, skopeo_push, start_registry};
 use common::{Node, K};
 use kmod_day1_test_registry::cosign::{
     payload, signature_image, signature_tag, KeyPair, Signature,
 };
+use kmod_day1_test_registry::docker::{require, skopeo_push, start_registry};
 use kmod_day1_test_registry::{BuiltImage, Compression, Image, Layer};
 
 fn kmod_image() -> BuiltImage {

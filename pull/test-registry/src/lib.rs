@@ -31,6 +31,10 @@
 //! assert_eq!(registry.blob_gets(), 0);
 //! ```
 //!
+//! Beside it: [`docker`] runs Debian's real `docker-registry` and pushes to it with skopeo,
+//! the reference where this server must not be trusted; [`cosign`] writes signatures in
+//! cosign's attachment format.
+//!
 //! # Faults at a glance
 //!
 //! | scenario | rule |
@@ -73,6 +77,7 @@
 mod auth;
 pub mod cosign;
 mod digest;
+pub mod docker;
 mod faults;
 mod http;
 mod image;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The real Debian `docker-registry` (distribution 2.8) on loopback, and images pushed to it
-//! by `skopeo` from an OCI layout.
+//! by `skopeo` from an OCI layout: the reference registry for tests that must not trust this
+//! crate's own server (kmod-day1-pull's docker_registry and trust_policy tests, and
+//! pull/trust-crosscheck).
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -8,9 +10,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kmod_day1_test_registry::BuiltImage;
+use crate::image::BuiltImage;
 
 /// Debian's `docker-registry` on a free loopback port, stopped when dropped.
+#[derive(Debug)]
 pub struct DockerRegistry {
     child: Child,
     /// `127.0.0.1:<port>`.
@@ -26,6 +29,9 @@ impl Drop for DockerRegistry {
 }
 
 /// Fails with the package to install when `bin` is missing.
+///
+/// # Panics
+/// When `bin` does not exist.
 pub fn require(bin: &str, package: &str) {
     assert!(
         Path::new(bin).exists(),
@@ -33,12 +39,18 @@ pub fn require(bin: &str, package: &str) {
     );
 }
 
-/// Plain HTTP.
+/// Starts Debian's `docker-registry` serving plain HTTP.
+///
+/// # Panics
+/// When it is missing or does not come up within 20 s.
 pub fn start_registry() -> DockerRegistry {
     start_registry_tls(None)
 }
 
-/// `tls`: (certificate chain, key) files for HTTPS.
+/// Starts Debian's `docker-registry`; `tls`: (certificate chain, key) files for HTTPS.
+///
+/// # Panics
+/// When it is missing or does not come up within 20 s.
 pub fn start_registry_tls(tls: Option<(&Path, &Path)>) -> DockerRegistry {
     require("/usr/bin/docker-registry", "docker-registry");
     let dir = tempfile::tempdir().unwrap();
@@ -96,7 +108,11 @@ pub fn start_registry_tls(tls: Option<(&Path, &Path)>) -> DockerRegistry {
     }
 }
 
-/// Writes `img` as an OCI image layout and pushes it with skopeo.
+/// Writes `img` as an OCI image layout and pushes it with skopeo to `dest`
+/// (`host/repository:tag`); `cert_dir` for HTTPS, else TLS verification is off.
+///
+/// # Panics
+/// When skopeo is missing or the push fails.
 pub fn skopeo_push(img: &BuiltImage, dest: &str, cert_dir: Option<&Path>) {
     require("/usr/bin/skopeo", "skopeo");
     let d = tempfile::tempdir().unwrap();
