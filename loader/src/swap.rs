@@ -410,6 +410,12 @@ impl Swap<'_, '_> {
                         m.name,
                         ms(d)
                     ),
+                    // udev loaded it between the check above and this load: every module
+                    // this run loaded is unloaded by now, so the one present is the node's.
+                    Err((Errno::EEXIST, _)) if self.is_present(&m.name) => info!(
+                        "{}: rollback: in-tree {} was loaded meanwhile (udev)",
+                        self.label, m.name
+                    ),
                     Err((_, e)) if !m.required => warn!(
                         "{}: rollback: {} ({}) not loaded: {e}; as modprobe, going on",
                         self.label, m.name, m.reason
@@ -767,6 +773,19 @@ mod tests {
             e.contains("already loaded: add it to inTreeModulesToRemove"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn udev_loading_the_in_tree_module_during_the_rollback_counts_as_loaded_back() {
+        let (f, mut k) = ice_node();
+        // The out-of-tree ice fails its init; udev loads the in-tree ice just before the
+        // rollback's own load of it (the second load of ice): EEXIST, and ice is present.
+        k.fail_load("ice", Errno::ENODEV);
+        k.udev_race = Some(("ice".into(), 2));
+        let r = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None);
+        assert_eq!(r.state, SetState::Failed);
+        assert_eq!(r.rollback, Rollback::Done, "{:?}", r.error);
+        assert!(k.loaded.contains_key("ice"));
     }
 
     #[test]

@@ -301,6 +301,8 @@ pub struct FakeKernel {
     pub in_kernel_decompress: bool,
     /// `load <name>`, `unload <name>`, `init <name>` (userspace-decompressed), in order.
     pub calls: Vec<String>,
+    /// udev loads the in-tree module of this name right before the n-th load of it.
+    pub udev_race: Option<(String, usize)>,
     messages: Vec<(String, String)>,
 }
 
@@ -342,6 +344,18 @@ impl FakeKernel {
         let info = ModInfo::from_image(image).map_err(|_| Errno::ENOEXEC)?;
         let name = info.name().ok_or(Errno::ENOEXEC)?.replace('-', "_");
         self.calls.push(format!("{how} {name}"));
+        let attempts = self
+            .calls
+            .iter()
+            .filter(|c| *c == &format!("load {name}") || *c == &format!("init {name}"))
+            .count();
+        if self
+            .udev_race
+            .as_ref()
+            .is_some_and(|(n, at)| *n == name && *at == attempts)
+        {
+            self.preload(&name, "INTREE-udev");
+        }
         if let Some(e) = self.fail_load.get_mut(&name).and_then(VecDeque::pop_front) {
             return Err(e);
         }
