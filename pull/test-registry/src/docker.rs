@@ -108,6 +108,30 @@ pub fn start_registry_tls(tls: Option<(&Path, &Path)>) -> DockerRegistry {
     }
 }
 
+/// Writes `img` as an OCI image layout in `dir` (tagged `t`), for `skopeo copy oci:DIR:t`.
+pub fn write_oci_layout(img: &BuiltImage, dir: &Path) -> std::io::Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let put = |digest: &str, bytes: &[u8]| {
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes)
+    };
+    put(&img.digest, &img.manifest)?;
+    put(&img.config_digest, &img.config)?;
+    for l in &img.layers {
+        put(&l.digest, &l.bytes)?;
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"t"}}}}]}}"#,
+            img.media_type,
+            img.digest,
+            img.manifest.len()
+        ),
+    )
+}
+
 /// Writes `img` as an OCI image layout and pushes it with skopeo to `dest`
 /// (`host/repository:tag`); `cert_dir` for HTTPS, else TLS verification is off.
 ///
@@ -116,31 +140,7 @@ pub fn start_registry_tls(tls: Option<(&Path, &Path)>) -> DockerRegistry {
 pub fn skopeo_push(img: &BuiltImage, dest: &str, cert_dir: Option<&Path>) {
     require("/usr/bin/skopeo", "skopeo");
     let d = tempfile::tempdir().unwrap();
-    let blobs = d.path().join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |digest: &str, bytes: &[u8]| {
-        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
-    };
-    put(&img.digest, &img.manifest);
-    put(&img.config_digest, &img.config);
-    for l in &img.layers {
-        put(&l.digest, &l.bytes);
-    }
-    std::fs::write(
-        d.path().join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        d.path().join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"t"}}}}]}}"#,
-            img.media_type,
-            img.digest,
-            img.manifest.len()
-        ),
-    )
-    .unwrap();
+    write_oci_layout(img, d.path()).unwrap();
     let out = Command::new("/usr/bin/skopeo")
         .args(["copy", "--quiet", "--preserve-digests"])
         .arg(match cert_dir {
