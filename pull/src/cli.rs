@@ -57,9 +57,16 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::STATUS_FILE)]
     pub status: PathBuf,
 
-    /// Kernel release to pull for [default: the running kernel's]
-    #[arg(long, value_name = "RELEASE")]
-    pub kernel_release: Option<KernelRelease>,
+    /// Prepare a store for exactly these kernels (repeat for several), on any machine: no
+    /// boot entry, deployment or installed kernel is read, no ref of another kernel is
+    /// pruned (earlier runs' kernels stay), never a reboot [default: the running kernel
+    /// and every kernel the node can boot]
+    #[arg(long, value_name = "RELEASE", conflicts_with = "at_shutdown")]
+    pub kernel_release: Vec<KernelRelease>,
+
+    /// The running kernel's release.
+    #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::OSRELEASE_FILE)]
+    pub osrelease: PathBuf,
 
     /// Boot Loader Specification entries; their kernels' images are prefetched.
     #[arg(long, value_name = "DIR", default_value = crate::boot_entries::BOOT_ENTRIES_DIR)]
@@ -161,6 +168,16 @@ mod tests {
             PathBuf::from("/etc/containers/registries.conf")
         );
         assert!(!c.no_reboot);
+        assert!(c.kernel_release.is_empty());
+        assert_eq!(c.osrelease, PathBuf::from("/proc/sys/kernel/osrelease"));
+        let c = Cli::parse_from([
+            "kmod-day1-pull",
+            "--kernel-release",
+            "6.1.0-27-amd64",
+            "--kernel-release",
+            "5.14.0-427.el9.x86_64",
+        ]);
+        assert_eq!(c.kernel_release.len(), 2);
         assert!(Cli::try_parse_from(["kmod-day1-pull", "--kernel-release", "../x"]).is_err());
     }
 

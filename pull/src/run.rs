@@ -4,16 +4,15 @@
 //! the running kernel's outcomes), [`collect_garbage`], and [`settle_reboot`] (the reboot
 //! decision carried out, `last-pull.json`, the exit status).
 
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use kmod_day1_contract::{
     boot_id, kernel_command_line, kernel_release, load_config_dir, KernelRelease, StoreLayout,
-    OSRELEASE_FILE,
 };
 use tracing::{error, info, warn};
 
-use crate::bootable::BootableSources;
+use crate::bootable::{BootableKernels, BootableSources};
 use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::gc::collect_garbage;
@@ -50,9 +49,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
     if cli.at_shutdown && !cli.assume_shutdown && !crate::shutdown::shutting_down().await {
         return Ok(Exit::Ok);
     }
-    let kernel = match &cli.kernel_release {
+    // --kernel-release: a store prepared for exactly the kernels named (for a bundle or an
+    // initrd, on any machine), else the running kernel and every kernel the node can boot.
+    let named = !cli.kernel_release.is_empty();
+    let kernel = match cli.kernel_release.first() {
         Some(k) => k.clone(),
-        None => kernel_release(Path::new(OSRELEASE_FILE))?,
+        None => kernel_release(&cli.osrelease)?,
     };
     let configs = load_configs(cli)?;
     if configs.is_empty() {
@@ -63,7 +65,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     if cli.check_stored {
-        return Ok(check_stored(cli, &configs, &kernel));
+        let kernels = if named {
+            cli.kernel_release.clone()
+        } else {
+            vec![kernel]
+        };
+        return Ok(check_stored(cli, &configs, &kernels));
     }
     let registries = RegistriesConf::load(&cli.registries_conf)
         .map_err(|e| ConfigProblem(format!("{e}; fix the file")))?;
@@ -73,12 +80,22 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         registries_d: RegistriesD::load(&cli.registries_d)
             .map_err(|e| ConfigProblem(format!("registries.d: {e}; fix the file")))?,
     };
-    let bootable = BootableSources {
-        entries: &cli.boot_entries,
-        ostree_deploy: &cli.ostree_deploy_dir,
-        modules: &cli.modules_dir,
-    }
-    .read();
+    let bootable = if named {
+        // Not the machine's own kernels; and incomplete, so that garbage collection prunes
+        // no ref for its kernel: repeated runs for other kernels add to the store.
+        BootableKernels {
+            kernels: cli.kernel_release.iter().cloned().collect(),
+            staged: BTreeSet::new(),
+            complete: false,
+        }
+    } else {
+        BootableSources {
+            entries: &cli.boot_entries,
+            ostree_deploy: &cli.ostree_deploy_dir,
+            modules: &cli.modules_dir,
+        }
+        .read()
+    };
     let plan = plan(&configs, &kernel, &bootable, cli.at_shutdown);
     if cli.at_shutdown && plan.jobs.is_empty() {
         info!("no other kernel to boot next: nothing to do");
@@ -109,8 +126,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         boot_id: boot_id.as_deref(),
         status_file: &cli.status,
         hatches: &hatches,
-        // Never at shutdown: the node is rebooting already.
-        no_reboot: cli.no_reboot || cli.at_shutdown,
+        // Never at shutdown: the node is rebooting already; never for a store prepared for
+        // named kernels: they need not be running.
+        no_reboot: cli.no_reboot || cli.at_shutdown || named,
         via: match &cli.reboot_marker {
             Some(m) => RebootVia::Marker(m.clone()),
             None => RebootVia::Logind,
@@ -145,32 +163,34 @@ fn load_configs(cli: &Cli) -> anyhow::Result<Configs> {
     })
 }
 
-/// `--check-stored`: whether every set of every config has its image for `kernel` in the
-/// store (read only: no lock, no network). One line per set.
-fn check_stored(cli: &Cli, configs: &Configs, kernel: &KernelRelease) -> Exit {
+/// `--check-stored`: whether every set of every config has its image for each of `kernels`
+/// in the store (read only: no lock, no network). One line per set and kernel.
+fn check_stored(cli: &Cli, configs: &Configs, kernels: &[KernelRelease]) -> Exit {
     let layout = StoreLayout::new(&cli.store);
     let mut missing = 0;
-    for c in configs.current.iter().chain(&configs.prestaged) {
-        for set in &c.config.module_sets {
-            let image = match set.image_for(kernel) {
-                Ok(Some(i)) => i.to_string(),
-                Ok(None) => continue,
-                Err(e) => {
-                    error!(config = %c.name, set = %set.name, "{e}");
+    for kernel in kernels {
+        for c in configs.current.iter().chain(&configs.prestaged) {
+            for set in &c.config.module_sets {
+                let image = match set.image_for(kernel) {
+                    Ok(Some(i)) => i.to_string(),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        error!(config = %c.name, set = %set.name, "{e}");
+                        missing += 1;
+                        continue;
+                    }
+                };
+                let stored = layout
+                    .read_ref(&c.name, &set.name, kernel, &image)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, r)| layout.tree_modules(&r.tree).is_dir());
+                if stored {
+                    info!("stored: {}/{} {image} for {kernel}", c.name, set.name);
+                } else {
+                    info!("not stored: {}/{} {image} for {kernel}", c.name, set.name);
                     missing += 1;
-                    continue;
                 }
-            };
-            let stored = layout
-                .read_ref(&c.name, &set.name, kernel, &image)
-                .ok()
-                .flatten()
-                .is_some_and(|(_, r)| layout.tree_modules(&r.tree).is_dir());
-            if stored {
-                info!("stored: {}/{} {image} for {kernel}", c.name, set.name);
-            } else {
-                info!("not stored: {}/{} {image} for {kernel}", c.name, set.name);
-                missing += 1;
             }
         }
     }

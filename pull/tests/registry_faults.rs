@@ -693,6 +693,60 @@ fn prefetches_boot_entry_kernels_without_reboot() {
     assert_eq!(node.names("trees"), [node.ref_record(K).unwrap().tree]);
 }
 
+/// A store prepared on a workstation for a bundle or an initrd: `--kernel-release` names the
+/// kernels, the machine's own boot entries and kernels are not read, and a second run for
+/// another kernel adds to the store instead of pruning the first one's. Never a reboot.
+#[test]
+fn named_kernels_prepare_a_store_and_runs_add_up() {
+    let reg = Registry::start().unwrap();
+    let (node, d1) = setup(&reg);
+    let d2 = reg.push_image(REPO, K2, &kmod_image(K2, "next"));
+    // The workstation's own kernel, with a boot entry and an installed kernel: never fetched.
+    let own = "6.9.9-1-amd64";
+    std::fs::write(
+        node.path("entries/own.conf"),
+        format!("linux /vmlinuz-{own}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(node.path(&format!("modules/{own}"))).unwrap();
+    std::fs::write(node.path(&format!("modules/{own}/vmlinuz")), "").unwrap();
+    node.loader_status(SetState::NotStored);
+    let prepare = |kernel: &str| {
+        let out = node
+            .command(30)
+            .args(["--kernel-release", kernel])
+            .output()
+            .unwrap();
+        common::Run::from(out).expect(0).says("committed");
+    };
+    prepare(K);
+    prepare(K2);
+    assert_eq!(node.ref_record(K).unwrap().manifest_digest, d1);
+    assert_eq!(node.ref_record(K2).unwrap().manifest_digest, d2);
+    assert!(node.ref_files(own).is_empty());
+    assert_eq!(node.names("trees").len(), 2);
+    assert!(!node.rebooted());
+    // Both at once, and --check-stored for both.
+    let out = node
+        .command(30)
+        .args([
+            "--kernel-release",
+            K,
+            "--kernel-release",
+            K2,
+            "--check-stored",
+        ])
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(0);
+    let out = node
+        .command(30)
+        .args(["--kernel-release", own, "--check-stored"])
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(1).says("not stored");
+}
+
 #[test]
 fn unreadable_node_facts_fail_safe() {
     // No command line: kmod_day1.disable cannot be ruled out, so nothing at all.

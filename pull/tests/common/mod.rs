@@ -33,6 +33,8 @@ impl Node {
             std::fs::create_dir_all(n.path(d)).unwrap();
         }
         std::fs::write(n.path("boot_id"), "b1\n").unwrap();
+        // The running kernel (--kernel-release names the kernels of a prepared store).
+        std::fs::write(n.path("osrelease"), format!("{K}\n")).unwrap();
         std::fs::write(n.path("cmdline"), "root=/dev/vda quiet\n").unwrap();
         // RHCOS's default policy.json; tests of the trust policy write their own.
         n.policy(r#"{"default": [{"type": "insecureAcceptAnything"}]}"#);
@@ -120,8 +122,8 @@ impl Node {
             .arg(self.store())
             .arg("--status")
             .arg(self.path("status.json"))
-            .arg("--kernel-release")
-            .arg(K)
+            .arg("--osrelease")
+            .arg(self.path("osrelease"))
             .arg("--boot-entries")
             .arg(self.path("entries"))
             .arg("--ostree-deploy-dir")
