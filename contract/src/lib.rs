@@ -28,7 +28,9 @@ pub use node_facts::{
     boot_id, kernel_command_line, kernel_command_line_text, kernel_release, NodeFactError,
     BOOT_ID_FILE, CMDLINE_FILE, OSRELEASE_FILE,
 };
-pub use status::{BootStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION};
+pub use status::{
+    BootStatus, DeviceStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION,
+};
 pub use store::{
     image_key, is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord,
     PullStatus, RebootGuard, RebootRecord, RefRecord, StoreLayout, STORE_DIR, STORE_VERSION,

@@ -54,6 +54,13 @@ pub struct SetStatus {
     /// Whether a failure was rolled back.
     #[serde(default)]
     pub rolled_back: bool,
+    /// The devices the set's modules had to drive, and whether they do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceStatus>,
+    /// The set loaded but drives no device: none was bound to the in-tree modules it
+    /// removed and none matches its modules' aliases (an accelerator without hardware).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drives_no_device: bool,
     /// Time spent in `finit_module`/`delete_module`, microseconds.
     pub kernel_us: u64,
     /// The loader's own time for this set (all but the kernel's), microseconds.
@@ -75,6 +82,8 @@ impl SetStatus {
             modules: vec![],
             removed_in_tree: vec![],
             rolled_back: false,
+            devices: vec![],
+            drives_no_device: false,
             kernel_us: 0,
             overhead_us: 0,
             error: None,
@@ -96,6 +105,28 @@ pub enum SetState {
     Skipped,
     /// Loading failed; the in-tree modules were restored.
     Failed,
+    /// The modules loaded but a device they must drive did not bind to them (`devices`
+    /// says which); the in-tree modules were restored.
+    NotBound,
+}
+
+/// A device a module set had to drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceStatus {
+    /// Bus and name, `pci 0000:00:03.0`.
+    pub device: String,
+    /// Its network interfaces, when it has some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// Bound to the set's modules.
+    pub bound: bool,
+    /// The module driving it at the end (the in-tree one after a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_module: Option<String>,
+    /// Why it did not bind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One loaded module.

@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::Options;
 
@@ -37,6 +38,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--kmsg",
     "--boot-id-file",
     "--modprobe-dir",
+    "--bind-timeout",
 ];
 
 /// `--help`: the manual page.
@@ -66,6 +68,17 @@ DESCRIPTION
     srcversion is left alone, so a second run changes nothing. If any step fails, what
     this run loaded is unloaded and the in-tree modules it removed are loaded back.
 
+    A module whose init succeeds may still drive nothing (its device table lacks the
+    NIC's ID, its probe fails). Before unloading, the loader notes the devices the set
+    must drive: those bound to the in-tree modules it removes, and those whose modalias
+    an alias of a module it loads matches and no staying driver has. After loading, each
+    must be bound to one of the set's modules (its driver link in sysfs) within
+    --bind-timeout; a device whose ID none of the modules' aliases matches fails at once.
+    Otherwise the set is rolled back, the loader checks the devices are bound to the
+    in-tree modules again, and the status records notBound with the devices. A set that
+    drives no device (an accelerator without its hardware) is loaded and says so
+    (drivesNoDevice).
+
     Modules are loaded as modprobe would load them, with the node's modprobe
     configuration read as kmod reads it: the modprobe.d directories (see --modprobe-dir;
     *.conf and *.alias files, a file name in an earlier directory hides the later ones,
@@ -85,7 +98,8 @@ DESCRIPTION
     With --dry-run the loader plans and touches nothing: no module is loaded or
     unloaded, no firmware copied, no status written. It prints, per module set, what
     would be unloaded, what would be loaded in which order with which parameters and
-    where each comes from, the firmware to copy, and what a rollback would load back;
+    where each comes from, the firmware to copy, the devices expected to bind, and what a
+    rollback would load back;
     --json prints the same plan, and the modprobe configuration read, as one JSON
     document. The real run executes the same plan from the same planner. For the running
     kernel the plan starts from the loaded modules (/sys/module); for another release
@@ -94,9 +108,10 @@ DESCRIPTION
     is what the real run's would be (a set failing preflight: 1).
 
     Every run writes the status file (JSON): per set its state (loaded, notStored,
-    noImage, skipped, failed), image, manifest digest, modules with version, srcversion
-    and load time, the in-tree modules removed, whether it was rolled back, the time spent
-    in the kernel (kernelUs) and the loader's own time (overheadUs), and the error.
+    noImage, skipped, failed, notBound), image, manifest digest, modules with version,
+    srcversion and load time, the in-tree modules removed, whether it was rolled back, the
+    devices it had to drive (bound or not, and why), the time spent in the kernel
+    (kernelUs) and the loader's own time (overheadUs), and the error.
 
 KERNEL COMMAND LINE
     kmod_day1.disable              do nothing this boot (exit 0, no status written)
@@ -121,6 +136,8 @@ OPTIONS
                           first use replaces the list)          [/etc/modprobe.d
                           /run/modprobe.d /usr/local/lib/modprobe.d /usr/lib/modprobe.d
                           /lib/modprobe.d]
+    --bind-timeout SECS   how long the devices may take to bind
+                          after the load (ice, mlx5: 5-20 s)    [30]
     --dry-run             print the plan, touch nothing
     --json                with --dry-run: the plan as JSON
     -v, --verbose         log debug lines too
@@ -142,6 +159,25 @@ LOGGING
       INFO 99-ice/ice: loaded ice 1.14.9 srcversion 0ABC... from image in 80.1 ms
       INFO 99-ice/ice: loaded: 2 modules (0 already loaded), kernel 92.4 ms, own 1.2 ms
 ";
+
+/// `30`, `2.5` or `30s`: a duration in seconds, at most a day.
+fn parse_seconds(flag: &str, value: &OsString) -> Result<Duration, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "{flag} takes seconds (30, 2.5, 30s), not {value:?}"
+        ))
+    };
+    let text = value.to_str().ok_or_else(bad)?;
+    let secs: f64 = text
+        .strip_suffix('s')
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| bad())?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
@@ -198,6 +234,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, U
             "--firmware-dir" => o.firmware_dir = path,
             "--kmsg" => o.kmsg = path,
             "--boot-id-file" => o.boot_id_file = path,
+            "--bind-timeout" => o.bind_timeout = parse_seconds(&flag, &value)?,
             "--modprobe-dir" => modprobe_dirs.get_or_insert_with(Vec::new).push(path),
             _ => unreachable!("every value flag is handled"),
         }
@@ -245,11 +282,11 @@ mod tests {
     #[test]
     fn every_flag_sets_its_field() {
         let mut args = vec![];
-        for f in VALUE_FLAGS {
+        for f in VALUE_FLAGS.iter().filter(|f| **f != "--bind-timeout") {
             args.push(f.to_string());
             args.push(format!("/x{f}"));
         }
-        args.push("-v".into());
+        args.extend(["-v".into(), "--bind-timeout".into(), "2.5".into()]);
         let Command::Run(o) = parse_args(args.into_iter().map(OsString::from)).unwrap() else {
             panic!()
         };
@@ -264,6 +301,7 @@ mod tests {
         assert_eq!(o.kmsg, PathBuf::from("/x--kmsg"));
         assert_eq!(o.boot_id_file, PathBuf::from("/x--boot-id-file"));
         assert_eq!(o.modprobe_dirs, [PathBuf::from("/x--modprobe-dir")]);
+        assert_eq!(o.bind_timeout, Duration::from_millis(2500));
         assert!(o.verbose);
         assert!(!o.dry_run);
         let Command::Run(o) = parse(&["--store=/s"]).unwrap() else {
@@ -299,6 +337,14 @@ mod tests {
             .to_string()
             .contains("needs a value"));
         assert!(parse(&["stray"]).is_err());
+        for bad in ["soon", "-1", "1e9", "NaN"] {
+            let e = parse(&["--bind-timeout", bad]).unwrap_err().to_string();
+            assert!(e.contains("--bind-timeout takes seconds"), "{bad}: {e}");
+        }
+        let Command::Run(o) = parse(&["--bind-timeout=45s"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.bind_timeout, Duration::from_secs(45));
         assert!(parse(&["--json"])
             .unwrap_err()
             .to_string()

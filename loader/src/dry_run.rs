@@ -171,6 +171,7 @@ fn state_name(s: &DrySet) -> &'static str {
         SetState::NoImage => "noImage",
         SetState::Skipped => "skipped",
         SetState::Failed => "failed",
+        SetState::NotBound => "notBound",
     }
 }
 
@@ -216,6 +217,18 @@ fn set_json(s: &DrySet, firmware_dir: &Path) -> Value {
             None => Value::Null,
         };
         o["load"] = p.load.iter().map(module_json).collect();
+        o["devicesToBind"] = p
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "device": format!("{} {}", d.bus, d.name),
+                    "interfaces": d.interfaces,
+                    "modalias": d.modalias,
+                    "why": d.why,
+                })
+            })
+            .collect();
         o["rollback"] = p
             .rollback
             .iter()
@@ -297,6 +310,14 @@ fn set_text(s: &DrySet, firmware_dir: &Path) -> String {
     for (i, m) in p.load.iter().enumerate() {
         t += &module_line(i, m);
     }
+    if p.devices.is_empty() {
+        t += "  devices expected to bind: none\n";
+    } else {
+        t += "  devices expected to bind:\n";
+        for d in &p.devices {
+            t += &format!("    {} <- {}\n", d.label(), d.why);
+        }
+    }
     if !p.rollback.is_empty() {
         t += "  on failure, the rollback loads back:\n";
         for r in &p.rollback {
@@ -323,7 +344,7 @@ mod tests {
     use crate::kernel::KernelModules;
     use crate::modules_dep::ModuleIndex;
     use crate::set_plan::{plan_swap, Node, SetInput};
-    use crate::testutil::{FakeKernel, Fixture, KVER};
+    use crate::testutil::{FakeKernel, FakeSysfs, Fixture, KVER};
 
     /// The plan of an ice set on a node with in-tree ice loaded, and the dry run around it.
     fn dry(f: &Fixture, k: &FakeKernel) -> (Value, String) {
@@ -337,6 +358,7 @@ mod tests {
             modprobe: &modprobe,
             sysfs: &sysfs,
             firmware_dir: &fw,
+            bind_timeout: std::time::Duration::ZERO,
         };
         let mut set = f.set(&["ice"], &["ice"]);
         set.modules[0].parameters = vec!["debug=1".parse().unwrap()];
@@ -370,6 +392,9 @@ mod tests {
             "options ice a=1 debug=0\nblacklist dpll\nremove ice /bin/true\n",
         );
         f.set_cmdline("ice.b=2");
+        let sys = FakeSysfs::at(&f.sysfs());
+        sys.device("pci", "0000:3b:00.0", "pci:v00008086d00001592sv0", Some("ens1f0"));
+        sys.bind("pci", "0000:3b:00.0", "ice", "ice");
         let mut k = FakeKernel::new();
         k.preload("ice", "INTREE-ice");
         let (j, text) = dry(&f, &k);
@@ -415,6 +440,15 @@ mod tests {
             .unwrap()
             .contains("`remove ice /bin/true` is not run"));
         assert_eq!(s["firmware"]["to"], f.firmware_dir().display().to_string());
+        assert_eq!(
+            s["devicesToBind"],
+            json!([{
+                "device": "pci 0000:3b:00.0",
+                "interfaces": ["ens1f0"],
+                "modalias": "pci:v00008086d00001592sv0",
+                "why": "bound to in-tree ice",
+            }])
+        );
 
         for want in [
             "99-ice/ice: wouldSwap registry.local/kmod/ice:v1",
@@ -427,6 +461,7 @@ mod tests {
             "         debug=1   <- kmod-day1 config",
             "  on failure, the rollback loads back:",
             "blacklisted at ",
+            "  devices expected to bind:\n    pci 0000:3b:00.0 (ens1f0) <- bound to in-tree ice",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }

@@ -13,6 +13,7 @@
 //! other crate uses this library, so its modules are private and the compiler finds what
 //! is unused.
 
+mod binding;
 mod cli;
 mod decompress;
 mod dry_run;
@@ -39,13 +40,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
     boot_id, is_valid_tree_id, kernel_command_line_text, kernel_release, load_config_dir,
-    write_json_atomic, BootStatus, EscapeHatches, KernelRelease, LoadedConfig, ModuleSet,
-    ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
+    write_json_atomic, BootStatus, DeviceStatus, EscapeHatches, KernelRelease, LoadedConfig,
+    ModuleSet, ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
     CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR,
     STORE_VERSION,
 };
 use tracing::{error, info, warn, Level};
 
+use crate::binding::DEFAULT_BIND_TIMEOUT;
 use crate::cli::{parse_args, Command, HELP};
 use crate::dry_run::{DryRun, DrySet, KernelView};
 use crate::duration::{micros, ms};
@@ -119,6 +121,8 @@ struct Options {
     boot_id_file: PathBuf,
     /// `--modprobe-dir` (repeated): the modprobe.d directories, in kmod's order.
     modprobe_dirs: Vec<PathBuf>,
+    /// `--bind-timeout`: how long the devices a set must drive may take to bind.
+    bind_timeout: Duration,
     /// `--dry-run`: print the plan, touch nothing, write no status.
     dry_run: bool,
     /// `--json`: the dry run's plan as JSON.
@@ -141,6 +145,7 @@ impl Default for Options {
             kmsg: "/dev/kmsg".into(),
             boot_id_file: BOOT_ID_FILE.into(),
             modprobe_dirs: MODPROBE_DIRS.iter().map(PathBuf::from).collect(),
+            bind_timeout: DEFAULT_BIND_TIMEOUT,
             dry_run: false,
             json: false,
             verbose: false,
@@ -203,6 +208,7 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         modprobe: &modprobe,
         sysfs: &opts.sysfs,
         firmware_dir: &opts.firmware_dir,
+        bind_timeout: opts.bind_timeout,
     };
     let store = StoreLayout::new(&opts.store);
     if opts.dry_run {
@@ -270,7 +276,7 @@ fn dry_run_set(
 ) -> (DrySet, Exit) {
     let label = format!("{}/{}", cfg.name, set.name);
     let mut d = DrySet::new(&label);
-    let settled = |mut d: DrySet, o: SetOutcome| {
+    let settled = |mut d: DrySet, o: Box<SetOutcome>| {
         d.state = o.state;
         d.error = o.error;
         (d, o.exit)
@@ -334,22 +340,28 @@ struct SetOutcome {
     modules: Vec<ModuleStatus>,
     /// In-tree modules unloaded.
     removed_in_tree: Vec<String>,
+    /// The devices the set had to drive.
+    devices: Vec<DeviceStatus>,
+    /// Loaded, with no device to drive.
+    drives_no_device: bool,
     /// Time inside module syscalls.
     kernel_time: Duration,
 }
 
 impl SetOutcome {
     /// A set settled without a swap: the kernel was not touched for it.
-    fn without_swap(state: SetState, error: Option<String>, exit: Exit) -> Self {
-        Self {
+    fn without_swap(state: SetState, error: Option<String>, exit: Exit) -> Box<Self> {
+        Box::new(Self {
             state,
             error,
             exit,
             rollback: Rollback::NotNeeded,
             modules: vec![],
             removed_in_tree: vec![],
+            devices: vec![],
+            drives_no_device: false,
             kernel_time: Duration::ZERO,
-        }
+        })
     }
 
     /// The error for the status file: the failure, then the rollback's own failure.
@@ -381,7 +393,7 @@ fn handle_set(
             st.manifest_digest = Some(stored.record.manifest_digest.clone());
             swap_stored(k, node, store, set, &label, &stored)
         }
-        Err(settled) => settled,
+        Err(settled) => *settled,
     };
     let overhead_time = started.elapsed().saturating_sub(outcome.kernel_time);
     let error = outcome.status_error();
@@ -396,13 +408,17 @@ fn handle_set(
         (SetState::Failed, Some(e)) if outcome.rollback == Rollback::NotNeeded => {
             error!("{label}: failed, nothing changed: {e}")
         }
-        (SetState::Failed, Some(e)) => error!("{label}: failed and rolled back: {e}"),
+        (SetState::Failed | SetState::NotBound, Some(e)) => {
+            error!("{label}: failed and rolled back: {e}")
+        }
         _ => {}
     }
     st.state = outcome.state;
     st.error = error;
     st.modules = outcome.modules;
     st.removed_in_tree = outcome.removed_in_tree;
+    st.devices = outcome.devices;
+    st.drives_no_device = outcome.drives_no_device;
     // The status keeps its one boolean: a rollback was tried (the error says if it failed).
     st.rolled_back = outcome.rollback != Rollback::NotNeeded;
     st.kernel_us = micros(outcome.kernel_time);
@@ -428,7 +444,7 @@ fn stored_ref(
     set: &ModuleSet,
     kver: &KernelRelease,
     label: &str,
-) -> Result<StoredRef, SetOutcome> {
+) -> Result<StoredRef, Box<SetOutcome>> {
     let settled = SetOutcome::without_swap;
     if hatches.skips(cfg.name.as_str(), set.name.as_str()) {
         info!("{label}: skipped by kmod_day1.skip on the kernel command line");
@@ -487,7 +503,7 @@ fn stored_tree(
     set: &ModuleSet,
     label: &str,
     stored: &StoredRef,
-) -> Result<StoredTree, SetOutcome> {
+) -> Result<StoredTree, Box<SetOutcome>> {
     let r = &stored.record;
     let modules = store.tree_modules(&r.tree);
     if !is_valid_tree_id(&r.tree) || !modules.is_dir() {
@@ -526,7 +542,7 @@ fn swap_stored(
 ) -> SetOutcome {
     let tree = match stored_tree(store, set, label, stored) {
         Ok(t) => t,
-        Err(settled) => return settled,
+        Err(settled) => return *settled,
     };
     let r = &stored.record;
     info!(
@@ -546,7 +562,7 @@ fn swap_stored(
     );
     let exit = match (&swap.rollback, swap.state) {
         (Rollback::Failed(_), _) => Exit::RollbackFailed,
-        (_, SetState::Failed) => Exit::Failed,
+        (_, SetState::Failed | SetState::NotBound) => Exit::Failed,
         _ => Exit::Ok,
     };
     SetOutcome {
@@ -556,6 +572,8 @@ fn swap_stored(
         rollback: swap.rollback,
         modules: swap.modules,
         removed_in_tree: swap.removed_in_tree,
+        devices: swap.devices,
+        drives_no_device: swap.drives_no_device,
         kernel_time: swap.kernel_time,
     }
 }
@@ -563,7 +581,7 @@ fn swap_stored(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{FakeKernel, Fixture, KVER, TREE};
+    use crate::testutil::{BindRule, FakeKernel, FakeSysfs, Fixture, KVER, TREE};
     use kmod_day1_contract::{read_json, ConfigName, RefRecord, SetName};
     use nix::errno::Errno;
 
@@ -582,6 +600,7 @@ mod tests {
             kmsg: f.path("kmsg"),
             boot_id_file: f.path("boot_id"),
             modprobe_dirs: f.modprobe_dirs(),
+            bind_timeout: Duration::from_millis(200),
             dry_run: false,
             json: false,
             verbose: false,
@@ -892,5 +911,28 @@ mod tests {
         o.boot_id_file = f.path("empty");
         assert_eq!(run(&o, &mut k).unwrap(), Exit::Ok);
         assert_eq!(status(&f).boot_id, "");
+    }
+
+    #[test]
+    fn a_nic_left_unbound_is_rolled_back_and_recorded_as_not_bound() {
+        let (f, mut k) = node();
+        let sys = FakeSysfs::at(&f.sysfs());
+        sys.device("pci", "0000:3b:00.0", "pci:v00008086d00001592sv*", Some("ens1f0"));
+        sys.bind("pci", "0000:3b:00.0", "ice", "ice");
+        k.with_sysfs(&f.sysfs(), vec![BindRule::new("ice", "pci", "0000:3b:00.0", false)]);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Failed);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+        let s = status(&f);
+        let set = &s.sets[0];
+        assert_eq!(set.state, SetState::NotBound);
+        assert!(set.rolled_back);
+        assert_eq!(set.devices.len(), 1);
+        let d = &set.devices[0];
+        assert_eq!((d.device.as_str(), d.bound), ("pci 0000:3b:00.0", false));
+        assert_eq!(d.interfaces, ["ens1f0"]);
+        assert_eq!(d.driver_module.as_deref(), Some("ice"));
+        assert!(d.error.as_deref().unwrap().contains("bound to no driver after"));
+        let raw = std::fs::read_to_string(f.status()).unwrap();
+        assert!(raw.contains("\"notBound\"") && raw.contains("\"driverModule\""), "{raw}");
     }
 }

@@ -77,6 +77,15 @@ impl ModInfo {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every `alias=` pattern: the devices (and names) the module is for.
+    pub fn aliases(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k == "alias")
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// `name=`: the module's name as the kernel knows it.
     pub fn name(&self) -> Option<&str> {
         self.get("name")

@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kmod_day1_contract::ModuleSet;
 use tracing::debug;
 
+use crate::binding::{expected_devices, ExpectedDevice, ModuleAliases};
 use crate::kernel::ModuleState;
 use crate::modprobe_conf::ModprobeConfig;
 use crate::modules_dep::ModuleIndex;
@@ -30,6 +32,8 @@ pub struct Node<'a> {
     pub sysfs: &'a Path,
     /// Where the image's firmware is copied (`/var/lib/firmware`).
     pub firmware_dir: &'a Path,
+    /// How long the expected devices may take to bind after the load.
+    pub bind_timeout: Duration,
 }
 
 /// What to swap.
@@ -65,6 +69,8 @@ pub struct SetPlan {
     pub firmware: Option<PathBuf>,
     /// What a rollback would load back, last removed first.
     pub rollback: Vec<LoadBack>,
+    /// Devices the set's modules must drive once loaded (`binding.rs`).
+    pub devices: Vec<ExpectedDevice>,
     /// What the plan noticed (softdeps skipped, commands not run, ...), one line each.
     pub notes: Vec<String>,
 }
@@ -182,13 +188,34 @@ pub fn plan_swap(
             }
         })
         .collect();
+    let loading = to_bind(&load);
+    let expected = expected_devices(node.sysfs, &unload, &loading).map_err(|e| {
+        PreflightError(format!(
+            "reading the devices to bind from {}: {e}",
+            node.sysfs.display()
+        ))
+    })?;
+    notes.extend(expected.notes);
     Ok(SetPlan {
         unload,
         load,
         firmware: input.firmware.map(Path::to_path_buf),
         rollback,
+        devices: expected.devices,
         notes,
     })
+}
+
+/// The image's modules this plan loads (not those loaded already), with their aliases:
+/// what the expected devices must be bound to.
+pub fn to_bind(load: &[PlannedModule]) -> Vec<ModuleAliases> {
+    load.iter()
+        .filter(|m| m.origin == Origin::Image && !m.already_loaded)
+        .map(|m| ModuleAliases {
+            module: m.name.clone(),
+            aliases: m.info.as_ref().map(|i| i.aliases()).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// The load order that brings in-tree module `name` back, from the node only, with its

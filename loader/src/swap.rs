@@ -9,16 +9,19 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kmod_day1_contract::{ModuleStatus, SetState};
+use kmod_day1_contract::{DeviceStatus, ModuleStatus, SetState};
 use nix::errno::Errno;
 use tracing::{debug, info, warn};
 
+use crate::binding::{driving_module, wait_bound, ExpectedDevice, ModuleAliases, Unbound};
 use crate::decompress::{self, Compression};
 use crate::duration::{micros, ms};
 use crate::firmware;
 use crate::kernel::{explain_load_error, explain_unload_error, KernelModules};
 use crate::plan::{Origin, PlannedModule};
-use crate::set_plan::{is_same_module, plan_load_back, plan_swap, Node, SetInput, SetPlan};
+use crate::set_plan::{
+    is_same_module, plan_load_back, plan_swap, to_bind, Node, SetInput, SetPlan,
+};
 
 /// How often a load that finds the in-tree module back (udev's coldplug modprobe racing
 /// the swap) unloads it again and retries.
@@ -43,7 +46,7 @@ pub enum Rollback {
 /// The outcome of a swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwapResult {
-    /// `Loaded` or `Failed`.
+    /// `Loaded`, `Failed` or `NotBound`.
     pub state: SetState,
     /// Modules loaded or found loaded, in load order.
     pub modules: Vec<ModuleStatus>,
@@ -51,6 +54,10 @@ pub struct SwapResult {
     pub removed_in_tree: Vec<String>,
     /// What undoing a failure did.
     pub rollback: Rollback,
+    /// The devices the set had to drive, and whether they ended bound to it.
+    pub devices: Vec<DeviceStatus>,
+    /// Modules were loaded, and no device was expected to bind to them.
+    pub drives_no_device: bool,
     /// Time inside module syscalls.
     pub kernel_time: Duration,
     /// The failure; the rollback's own failure is in [`Rollback::Failed`].
@@ -68,6 +75,10 @@ struct Swap<'k, 'a> {
     /// `inTreeModulesToRemove`, kernel names.
     removable: Vec<String>,
     modules: Vec<ModuleStatus>,
+    /// The plan's expected devices (checked after the load, and after a rollback).
+    expected: Vec<ExpectedDevice>,
+    /// Expected devices that did not bind to the set's modules.
+    not_bound: Vec<Unbound>,
 }
 
 /// Swaps one module set. Never returns early without rolling back what it did.
@@ -86,6 +97,8 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
             .map(|m| m.kernel_name())
             .collect(),
         modules: vec![],
+        expected: vec![],
+        not_bound: vec![],
     };
     let plan = {
         let k = &*s.k;
@@ -98,6 +111,7 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
     for n in &plan.notes {
         info!("{}: {n}", s.label);
     }
+    s.expected.clone_from(&plan.devices);
     match s.apply(&plan) {
         Ok(()) => s.finish(None, Rollback::NotNeeded),
         Err(e) => {
@@ -116,12 +130,16 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
 
 impl Swap<'_, '_> {
     fn finish(self, error: Option<String>, rollback: Rollback) -> SwapResult {
+        let devices = self.device_statuses();
         SwapResult {
-            state: if error.is_none() {
-                SetState::Loaded
-            } else {
-                SetState::Failed
+            state: match (&error, self.not_bound.is_empty()) {
+                (None, _) => SetState::Loaded,
+                (Some(_), true) => SetState::Failed,
+                (Some(_), false) => SetState::NotBound,
             },
+            drives_no_device: error.is_none()
+                && self.expected.is_empty()
+                && !self.loaded_by_us.is_empty(),
             modules: if error.is_none() {
                 self.modules
             } else {
@@ -129,9 +147,101 @@ impl Swap<'_, '_> {
             },
             removed_in_tree: self.removed,
             rollback,
+            devices,
             kernel_time: self.kernel_time,
             error,
         }
+    }
+
+    /// Each expected device: bound to the set, or why not and what drives it now.
+    fn device_statuses(&self) -> Vec<DeviceStatus> {
+        self.expected
+            .iter()
+            .map(|d| {
+                let failed = self.not_bound.iter().find(|u| u.device.path == d.path);
+                DeviceStatus {
+                    device: format!("{} {}", d.bus, d.name),
+                    interfaces: d.interfaces.clone(),
+                    bound: failed.is_none(),
+                    driver_module: driving_module(&d.path),
+                    error: failed.map(|u| u.why.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// After the load: every expected device bound to one of the set's modules within
+    /// the bind timeout, else the failure naming the devices.
+    fn check_bound(&mut self, plan: &SetPlan) -> Result<(), String> {
+        let ours = to_bind(&plan.load);
+        if ours.is_empty() {
+            return Ok(());
+        }
+        if plan.devices.is_empty() {
+            info!(
+                "{}: drives no device: none was bound to the in-tree modules removed and none matches the aliases of {}",
+                self.label,
+                names(&ours)
+            );
+            return Ok(());
+        }
+        let t = Instant::now();
+        self.not_bound = wait_bound(&plan.devices, &ours, self.node.bind_timeout);
+        if self.not_bound.is_empty() {
+            let labels: Vec<String> = plan.devices.iter().map(|d| d.label()).collect();
+            info!(
+                "{}: {} bound to {} in {} ms",
+                self.label,
+                labels.join(", "),
+                names(&ours),
+                ms(t.elapsed())
+            );
+            return Ok(());
+        }
+        let why: Vec<String> = self
+            .not_bound
+            .iter()
+            .map(|u| format!("{}: {}", u.device.label(), u.why))
+            .collect();
+        Err(format!("not bound: {}", why.join("; ")))
+    }
+
+    /// After a rollback's load-back: the expected devices bound again (to any driver; the
+    /// in-tree modules back), within the bind timeout.
+    fn check_bound_again(&self) -> Result<(), String> {
+        let back: Vec<ModuleAliases> = self
+            .removed
+            .iter()
+            .map(|m| ModuleAliases {
+                module: m.clone(),
+                aliases: vec![],
+            })
+            .collect();
+        let devices: Vec<ExpectedDevice> = self
+            .expected
+            .iter()
+            .filter(|d| d.why.starts_with("bound to in-tree"))
+            .cloned()
+            .collect();
+        if back.is_empty() || devices.is_empty() {
+            return Ok(());
+        }
+        let unbound = wait_bound(&devices, &back, self.node.bind_timeout);
+        if unbound.is_empty() {
+            let labels: Vec<String> = devices.iter().map(|d| d.label()).collect();
+            info!(
+                "{}: rollback: {} bound to in-tree {} again",
+                self.label,
+                labels.join(", "),
+                names(&back)
+            );
+            return Ok(());
+        }
+        let why: Vec<String> = unbound
+            .iter()
+            .map(|u| format!("{}: {}", u.device.label(), u.why))
+            .collect();
+        Err(format!("after loading back: {}", why.join("; ")))
     }
 
     fn is_present(&self, name: &str) -> bool {
@@ -179,7 +289,7 @@ impl Swap<'_, '_> {
                 r => r?,
             }
         }
-        Ok(())
+        self.check_bound(plan)
     }
 
     fn unload_in_tree(&mut self, name: &str) -> Result<(), String> {
@@ -425,6 +535,11 @@ impl Swap<'_, '_> {
             }
         }
         if errors.is_empty() {
+            if let Err(e) = self.check_bound_again() {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
             Ok(())
         } else {
             Err(errors.join("; "))
@@ -432,11 +547,17 @@ impl Swap<'_, '_> {
     }
 }
 
+/// `e1000, e1000e`.
+fn names(modules: &[ModuleAliases]) -> String {
+    let n: Vec<&str> = modules.iter().map(|m| m.module.as_str()).collect();
+    n.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::modules_dep::ModuleIndex;
-    use crate::testutil::{FakeKernel, Fixture, KVER};
+    use crate::testutil::{BindRule, FakeKernel, FakeSysfs, Fixture, KVER};
     use kmod_day1_contract::ModuleSet;
 
     /// Node: in-tree ice (xz) needing dpll (zst); ice loaded. Image: ice needing dpll.
@@ -463,6 +584,7 @@ mod tests {
             modprobe: &modprobe,
             sysfs: &sysfs,
             firmware_dir: &fw_dir,
+            bind_timeout: Duration::from_millis(300),
         };
         swap_set(
             k,
@@ -911,5 +1033,137 @@ mod tests {
         );
         // ice itself is back.
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+    }
+
+    /// Node: in-tree e1000 driving the VM's NIC `pci 0000:00:03.0 (ens3)`; the image's
+    /// e1000 has the aliases `alias` (the fake kernel binds the NIC to it only when
+    /// `oot_binds`).
+    fn nic_node(alias: &str, oot_binds: bool) -> (Fixture, FakeKernel, FakeSysfs) {
+        let f = Fixture::new();
+        f.node_module("e1000", "kernel/drivers/net/e1000.ko", &[]);
+        let vermagic = format!("{KVER} SMP preempt mod_unload modversions ");
+        f.image_module_with(
+            "e1000",
+            &[
+                ("version", "7.3.21-k8-NAPI-kmodday1"),
+                ("srcversion", "SRC-OOT"),
+                ("alias", alias),
+                ("alias", "pci:v00008086d00001000sv*sd*bc*sc*i*"),
+                ("name", "e1000"),
+                ("vermagic", &vermagic),
+            ],
+        );
+        f.image_dep("e1000.ko:\n");
+        let sys = FakeSysfs::at(&f.sysfs());
+        sys.device("pci", "0000:00:03.0", NIC, Some("ens3"));
+        sys.bind("pci", "0000:00:03.0", "e1000", "e1000");
+        let mut k = FakeKernel::new();
+        k.preload("e1000", "INTREE-e1000");
+        let mut rules = vec![BindRule::new("e1000", "pci", "0000:00:03.0", false)];
+        if oot_binds {
+            rules.push(BindRule::new("e1000", "pci", "0000:00:03.0", true));
+        }
+        k.with_sysfs(&f.sysfs(), rules);
+        (f, k, sys)
+    }
+
+    const NIC: &str = "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00";
+
+    #[test]
+    fn the_nic_bound_to_the_new_driver_is_a_swap() {
+        let (f, mut k, sys) = nic_node("pci:v00008086d0000100Esv*sd*bc*sc*i*", true);
+        let r = swap(&f, &mut k, &f.set(&["e1000"], &["e1000"]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert_eq!(k.loaded["e1000"].srcversion.as_deref(), Some("SRC-OOT"));
+        assert_eq!(
+            sys.driver_module("pci", "0000:00:03.0").as_deref(),
+            Some("e1000")
+        );
+        assert_eq!(r.devices.len(), 1);
+        assert_eq!(r.devices[0].device, "pci 0000:00:03.0");
+        assert_eq!(r.devices[0].interfaces, ["ens3"]);
+        assert!(r.devices[0].bound && r.devices[0].error.is_none());
+        assert!(!r.drives_no_device);
+    }
+
+    #[test]
+    fn a_driver_without_the_nic_id_is_rolled_back_as_not_bound() {
+        let (f, mut k, sys) = nic_node("pci:v00008086d0000100Fsv*sd*bc*sc*i*", false);
+        let t = Instant::now();
+        let r = swap(&f, &mut k, &f.set(&["e1000"], &["e1000"]), None);
+        // No alias matches the NIC: failed at once, not after the bind timeout.
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.state, SetState::NotBound);
+        assert_eq!(r.rollback, Rollback::Done);
+        assert_eq!(
+            k.calls,
+            ["unload e1000", "load e1000", "unload e1000", "load e1000"]
+        );
+        assert_eq!(
+            k.loaded["e1000"].srcversion.as_deref(),
+            Some("INTREE-e1000")
+        );
+        assert_eq!(
+            sys.driver_module("pci", "0000:00:03.0").as_deref(),
+            Some("e1000")
+        );
+        let e = r.error.unwrap();
+        assert!(
+            e.contains(
+                "not bound: pci 0000:00:03.0 (ens3): no alias of e1000 matches its modalias"
+            ),
+            "{e}"
+        );
+        assert!(!r.devices[0].bound);
+        assert_eq!(r.devices[0].driver_module.as_deref(), Some("e1000"));
+    }
+
+    #[test]
+    fn a_driver_whose_probe_binds_nothing_is_waited_for_then_rolled_back() {
+        let (f, mut k, _sys) = nic_node("pci:v00008086d0000100Esv*sd*bc*sc*i*", false);
+        let t = Instant::now();
+        let r = swap(&f, &mut k, &f.set(&["e1000"], &["e1000"]), None);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.state, SetState::NotBound);
+        assert_eq!(r.rollback, Rollback::Done);
+        assert!(r.error.unwrap().contains("bound to no driver after"));
+    }
+
+    #[test]
+    fn a_rollback_whose_device_does_not_come_back_says_so() {
+        let (f, mut k, _sys) = nic_node("pci:v00008086d0000100Fsv*sd*bc*sc*i*", false);
+        k.binds.as_mut().unwrap().1.clear();
+        let r = swap(&f, &mut k, &f.set(&["e1000"], &["e1000"]), None);
+        assert_eq!(r.state, SetState::NotBound);
+        let Rollback::Failed(why) = r.rollback else {
+            panic!("{:?}", r.rollback)
+        };
+        assert!(
+            why.contains("after loading back: pci 0000:00:03.0 (ens3)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_set_without_hardware_loads_and_says_it_drives_nothing() {
+        let f = Fixture::new();
+        f.image_module("kd1_accel", "SRC-KD1", &[]);
+        f.image_dep("kd1_accel.ko:\n");
+        FakeSysfs::at(&f.sysfs()).device("pci", "0000:00:03.0", NIC, Some("ens3"));
+        let mut k = FakeKernel::new();
+        let r = swap(&f, &mut k, &f.set(&["kd1_accel"], &[]), None);
+        assert_eq!(r.state, SetState::Loaded, "{:?}", r.error);
+        assert!(r.drives_no_device && r.devices.is_empty());
+        // A second run loads nothing, so it does not say it again.
+        let r = swap(&f, &mut k, &f.set(&["kd1_accel"], &[]), None);
+        assert!(!r.drives_no_device);
     }
 }

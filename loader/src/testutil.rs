@@ -303,6 +303,8 @@ pub struct FakeKernel {
     pub calls: Vec<String>,
     /// udev loads the in-tree module of this name right before the n-th load of it.
     pub udev_race: Option<(String, usize)>,
+    /// Where and what the fake kernel binds on load (`with_sysfs`).
+    pub binds: Option<(PathBuf, Vec<BindRule>)>,
     messages: Vec<(String, String)>,
 }
 
@@ -324,6 +326,21 @@ impl FakeKernel {
                 ..Default::default()
             },
         );
+    }
+
+    /// Binds devices in the fake sysfs at `root` when their modules load (by `rules`), and
+    /// unbinds them when their modules go.
+    pub fn with_sysfs(&mut self, root: &Path, rules: Vec<BindRule>) {
+        self.binds = Some((root.to_owned(), rules));
+    }
+
+    fn bind_rules(&self, module: &str, f: impl Fn(&FakeSysfs, &BindRule)) {
+        if let Some((root, rules)) = &self.binds {
+            let s = FakeSysfs::at(root);
+            for r in rules.iter().filter(|r| r.module == module) {
+                f(&s, r);
+            }
+        }
     }
 
     pub fn fail_load(&mut self, name: &str, errno: Errno) {
@@ -379,6 +396,12 @@ impl FakeKernel {
                 m.refcnt += 1;
             }
         }
+        let oot = info.get("intree").is_none();
+        self.bind_rules(&name, |s, r| {
+            if r.out_of_tree == oot {
+                s.bind(&r.bus, &r.device, &r.module, &r.module)
+            }
+        });
         self.loaded.insert(
             name,
             FakeModule {
@@ -437,6 +460,9 @@ impl KernelModules for FakeKernel {
             return Err(Errno::EAGAIN);
         }
         let m = self.loaded.remove(name).unwrap();
+        if let Some((root, _)) = &self.binds {
+            FakeSysfs::at(root).unbind_module(name);
+        }
         for d in m.deps {
             if let Some(dm) = self.loaded.get_mut(&d) {
                 dm.holders.remove(name);
@@ -469,5 +495,123 @@ impl KernelModules for FakeKernel {
             .partition(|(m, _)| m == module);
         self.messages = rest;
         mine.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
+/// Devices, drivers and their links laid out as `/sys` has them: `devices/<bus>0/<name>`
+/// (with `modalias` and `net/<iface>`), `bus/<bus>/devices/<name>` and, when bound,
+/// `<device>/driver`, `bus/<bus>/drivers/<driver>/{<name>,module}` and
+/// `module/<m>/drivers/<bus>:<driver>`.
+pub struct FakeSysfs {
+    root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl FakeSysfs {
+    /// In a temp dir of its own.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            root: dir.path().to_owned(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// At `root` (a fixture's `sys`).
+    pub fn at(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            _dir: None,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn device_dir(&self, bus: &str, name: &str) -> PathBuf {
+        self.root.join("devices").join(format!("{bus}0")).join(name)
+    }
+
+    pub fn device(&self, bus: &str, name: &str, modalias: &str, iface: Option<&str>) {
+        let d = self.device_dir(bus, name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("modalias"), format!("{modalias}\n")).unwrap();
+        if let Some(i) = iface {
+            std::fs::create_dir_all(d.join("net").join(i)).unwrap();
+        }
+        let link = self.root.join("bus").join(bus).join("devices");
+        std::fs::create_dir_all(&link).unwrap();
+        std::os::unix::fs::symlink(&d, link.join(name)).unwrap();
+    }
+
+    pub fn bind(&self, bus: &str, name: &str, driver: &str, module: &str) {
+        let drv = self.root.join("bus").join(bus).join("drivers").join(driver);
+        let m = self.root.join("module").join(module);
+        std::fs::create_dir_all(&drv).unwrap();
+        std::fs::create_dir_all(m.join("drivers")).unwrap();
+        let _ = std::fs::remove_file(drv.join("module"));
+        std::os::unix::fs::symlink(&m, drv.join("module")).unwrap();
+        let _ = std::fs::remove_file(m.join("drivers").join(format!("{bus}:{driver}")));
+        std::os::unix::fs::symlink(&drv, m.join("drivers").join(format!("{bus}:{driver}")))
+            .unwrap();
+        let d = self.device_dir(bus, name);
+        std::os::unix::fs::symlink(&d, drv.join(name)).unwrap();
+        std::os::unix::fs::symlink(&drv, d.join("driver")).unwrap();
+    }
+
+    pub fn unbind(&self, bus: &str, name: &str) {
+        let d = self.device_dir(bus, name);
+        if let Ok(drv) = std::fs::read_link(d.join("driver")) {
+            let _ = std::fs::remove_file(drv.join(name));
+            std::fs::remove_file(d.join("driver")).unwrap();
+        }
+    }
+
+    /// Unbinds every device a driver of `module` has, as the kernel does when the module
+    /// goes.
+    pub fn unbind_module(&self, module: &str) {
+        let Ok(buses) = std::fs::read_dir(self.root.join("bus")) else {
+            return;
+        };
+        for bus in buses.flatten() {
+            let Ok(devs) = std::fs::read_dir(bus.path().join("devices")) else {
+                continue;
+            };
+            for d in devs.flatten() {
+                let name = d.file_name().into_string().unwrap();
+                let bus = bus.file_name().into_string().unwrap();
+                if self.driver_module(&bus, &name).as_deref() == Some(module) {
+                    self.unbind(&bus, &name);
+                }
+            }
+        }
+    }
+
+    /// The module bound to the device, by the same links the loader reads.
+    pub fn driver_module(&self, bus: &str, name: &str) -> Option<String> {
+        crate::binding::driving_module(&self.device_dir(bus, name))
+    }
+}
+
+/// A device the fake kernel binds when a module of that name and build loads (its driver
+/// named as the module). Every module unbinds its devices when it goes.
+#[derive(Debug, Clone)]
+pub struct BindRule {
+    pub module: String,
+    pub bus: String,
+    pub device: String,
+    /// Binds when the out-of-tree build loads (no `intree` modinfo), else the in-tree one.
+    pub out_of_tree: bool,
+}
+
+impl BindRule {
+    pub fn new(module: &str, bus: &str, device: &str, out_of_tree: bool) -> Self {
+        Self {
+            module: module.into(),
+            bus: bus.into(),
+            device: device.into(),
+            out_of_tree,
+        }
     }
 }
