@@ -144,6 +144,10 @@ pub struct ModuleStatus {
     /// Whether it was loaded already (same srcversion): nothing was done.
     #[serde(default)]
     pub already_loaded: bool,
+    /// An image module without a module signature, loaded because the kernel does not
+    /// enforce signatures (it taints itself).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned: bool,
     /// Time in `finit_module`, microseconds.
     pub load_us: u64,
 }

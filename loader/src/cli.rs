@@ -34,6 +34,8 @@ const VALUE_FLAGS: &[&str] = &[
     "--cmdline",
     "--modules-root",
     "--sysfs",
+    "--securityfs",
+    "--proc-keys",
     "--firmware-dir",
     "--kmsg",
     "--boot-id-file",
@@ -107,6 +109,16 @@ DESCRIPTION
     that kernel's boot: nothing loaded but the in-tree modules to remove. The exit status
     is what the real run's would be (a set failing preflight: 1).
 
+    Secure Boot: when the kernel enforces module signatures (module.sig_enforce, or
+    lockdown in integrity or confidentiality mode), each image module to load (after
+    decompression) must carry a module signature and, where the trusted keyrings can be
+    read (.builtin_trusted_keys, .secondary_trusted_keys, .machine, .platform: /proc/keys
+    and keyctl), its signer must be one of their keys; otherwise the set fails preflight,
+    naming the file and the key, before anything is unloaded. Without enforcement an
+    unsigned module is loaded and noted (unsigned in the status). An in-tree module to
+    remove that is built into the kernel (modules.builtin, or /sys/module without
+    initstate) fails preflight.
+
     Every run writes the status file (JSON): per set its state (loaded, notStored,
     noImage, skipped, failed, notBound), image, manifest digest, modules with version,
     srcversion and load time, the in-tree modules removed, whether it was rolled back, the
@@ -129,6 +141,8 @@ OPTIONS
     --cmdline FILE        kernel command line                   [/proc/cmdline]
     --modules-root DIR    the node's modules, DIR/<kver>        [/lib/modules]
     --sysfs DIR           sysfs, for /sys/module                [/sys]
+    --securityfs DIR      securityfs, for the lockdown mode     [/sys/kernel/security]
+    --proc-keys FILE      the kernel's keys (trusted keyrings)  [/proc/keys]
     --firmware-dir DIR    where firmware is copied              [/var/lib/firmware]
     --kmsg FILE           kernel log, to name unknown symbols   [/dev/kmsg]
     --boot-id-file FILE   boot id for the status file           [/proc/sys/kernel/random/boot_id]
@@ -231,6 +245,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, U
             "--cmdline" => o.cmdline = path,
             "--modules-root" => o.modules_root = path,
             "--sysfs" => o.sysfs = path,
+            "--securityfs" => o.securityfs = path,
+            "--proc-keys" => o.proc_keys = path,
             "--firmware-dir" => o.firmware_dir = path,
             "--kmsg" => o.kmsg = path,
             "--boot-id-file" => o.boot_id_file = path,
@@ -297,6 +313,8 @@ mod tests {
         assert_eq!(o.cmdline, PathBuf::from("/x--cmdline"));
         assert_eq!(o.modules_root, PathBuf::from("/x--modules-root"));
         assert_eq!(o.sysfs, PathBuf::from("/x--sysfs"));
+        assert_eq!(o.securityfs, PathBuf::from("/x--securityfs"));
+        assert_eq!(o.proc_keys, PathBuf::from("/x--proc-keys"));
         assert_eq!(o.firmware_dir, PathBuf::from("/x--firmware-dir"));
         assert_eq!(o.kmsg, PathBuf::from("/x--kmsg"));
         assert_eq!(o.boot_id_file, PathBuf::from("/x--boot-id-file"));

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::modprobe_conf::{ModprobeConfig, NamedLine};
 use crate::plan::{Origin, PlannedModule};
+use crate::secure_boot::{Keyrings, ModuleTrust};
 use crate::set_plan::SetPlan;
 
 /// Whose view of loaded modules the plan uses.
@@ -59,6 +60,8 @@ pub struct DryRun<'a> {
     /// Config files that could not be used.
     pub errors: Vec<String>,
     pub sets: Vec<DrySet>,
+    /// The running kernel's module signature rules (Secure Boot preflight).
+    pub module_trust: Option<&'a ModuleTrust>,
 }
 
 impl<'a> DryRun<'a> {
@@ -77,6 +80,7 @@ impl<'a> DryRun<'a> {
             disabled,
             errors: vec![],
             sets: vec![],
+            module_trust: None,
         }
     }
 
@@ -114,6 +118,7 @@ impl<'a> DryRun<'a> {
                 KernelView::FreshBoot => "freshBoot",
             },
             "disabledOnCommandLine": self.disabled,
+            "moduleSignatures": self.module_trust.map(signatures_json),
             "modprobe": {
                 "files": c.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "warnings": c.warnings,
@@ -143,6 +148,9 @@ impl<'a> DryRun<'a> {
         };
         if self.disabled {
             t += "kmod_day1.disable is on the kernel command line: the real run does nothing\n";
+        }
+        if let Some(m) = self.module_trust {
+            t += &format!("{} (the running kernel's)\n", m.summary());
         }
         t += &format!(
             "modprobe configuration: {} files\n",
@@ -188,7 +196,21 @@ fn module_json(m: &PlannedModule) -> Value {
     if let Some(b) = &m.blacklisted {
         o["blacklistedBy"] = json!(b.to_string());
     }
+    if let Some(v) = &m.signature {
+        o["signature"] = json!(v.to_string());
+    }
     o
+}
+
+fn signatures_json(m: &ModuleTrust) -> Value {
+    json!({
+        "enforcedBy": m.enforcement.as_ref().map(ToString::to_string),
+        "trustedKeys": match &m.keyrings {
+            Keyrings::Read { keys, .. } => json!(keys.iter().map(|k| json!({"keyring": k.keyring, "description": k.description})).collect::<Vec<_>>()),
+            Keyrings::Unreadable(_) => Value::Null,
+        },
+        "summary": m.summary(),
+    })
 }
 
 fn origin(o: Origin) -> &'static str {
@@ -278,6 +300,9 @@ fn module_line(i: usize, m: &PlannedModule) -> String {
     if let Some(b) = &m.blacklisted {
         l += &format!("         blacklisted at {b}: loaded anyway, as modprobe loads a module named directly\n");
     }
+    if let Some(v) = &m.signature {
+        l += &format!("         signature: {v}\n");
+    }
     l
 }
 
@@ -359,6 +384,7 @@ mod tests {
             sysfs: &sysfs,
             firmware_dir: &fw,
             bind_timeout: std::time::Duration::ZERO,
+            module_trust: &crate::secure_boot::ModuleTrust::not_enforced(),
         };
         let mut set = f.set(&["ice"], &["ice"]);
         set.modules[0].parameters = vec!["debug=1".parse().unwrap()];
@@ -393,7 +419,12 @@ mod tests {
         );
         f.set_cmdline("ice.b=2");
         let sys = FakeSysfs::at(&f.sysfs());
-        sys.device("pci", "0000:3b:00.0", "pci:v00008086d00001592sv0", Some("ens1f0"));
+        sys.device(
+            "pci",
+            "0000:3b:00.0",
+            "pci:v00008086d00001592sv0",
+            Some("ens1f0"),
+        );
         sys.bind("pci", "0000:3b:00.0", "ice", "ice");
         let mut k = FakeKernel::new();
         k.preload("ice", "INTREE-ice");
@@ -412,6 +443,9 @@ mod tests {
         assert_eq!(load[0]["origin"], "node");
         assert_eq!(load[0]["blacklistedBy"], format!("{conf}:2"));
         assert_eq!(load[1]["reason"], "configured");
+        // Secure Boot preflight's verdict, on image modules only.
+        assert_eq!(load[1]["signature"], "not signed");
+        assert!(load[0].get("signature").is_none());
         assert_eq!(
             load[1]["parameters"],
             json!([
@@ -461,6 +495,7 @@ mod tests {
             "         debug=1   <- kmod-day1 config",
             "  on failure, the rollback loads back:",
             "blacklisted at ",
+            "         signature: not signed\n",
             "  devices expected to bind:\n    pci 0000:3b:00.0 (ens1f0) <- bound to in-tree ice",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");

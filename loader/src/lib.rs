@@ -26,8 +26,10 @@ mod kernel;
 mod kmsg;
 mod modinfo;
 mod modprobe_conf;
+mod module_signature;
 mod modules_dep;
 mod plan;
+mod secure_boot;
 mod set_plan;
 mod swap;
 #[cfg(test)]
@@ -57,6 +59,7 @@ use crate::kernel::LinuxKernel;
 use crate::kernel::{KernelModules, ModuleState};
 use crate::modprobe_conf::{ModprobeConfig, MODPROBE_DIRS};
 use crate::modules_dep::ModuleIndex;
+use crate::secure_boot::{keyring_members, ModuleTrust};
 use crate::set_plan::{plan_swap, Node, SetInput};
 use crate::swap::{swap_set, Rollback};
 
@@ -111,8 +114,12 @@ struct Options {
     cmdline: PathBuf,
     /// `--modules-root`: the node's modules, `<modules_root>/<kver>`.
     modules_root: PathBuf,
-    /// `--sysfs`: for `/sys/module` and the firmware search path.
+    /// `--sysfs`: for `/sys/module`, the firmware search path and `sig_enforce`.
     sysfs: PathBuf,
+    /// `--securityfs`: for the kernel's lockdown mode.
+    securityfs: PathBuf,
+    /// `--proc-keys`: the kernel's keys, to find the trusted keyrings.
+    proc_keys: PathBuf,
     /// `--firmware-dir`: where the image's firmware is copied.
     firmware_dir: PathBuf,
     /// `--kmsg`: the kernel log, read to name unknown symbols.
@@ -141,6 +148,8 @@ impl Default for Options {
             cmdline: CMDLINE_FILE.into(),
             modules_root: "/lib/modules".into(),
             sysfs: "/sys".into(),
+            securityfs: "/sys/kernel/security".into(),
+            proc_keys: "/proc/keys".into(),
             firmware_dir: "/var/lib/firmware".into(),
             kmsg: "/dev/kmsg".into(),
             boot_id_file: BOOT_ID_FILE.into(),
@@ -202,6 +211,15 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     for w in &modprobe.warnings {
         warn!("modprobe configuration: {w} (as modprobe, going on)");
     }
+    let module_trust = ModuleTrust::read(
+        &opts.sysfs,
+        &opts.securityfs,
+        &opts.proc_keys,
+        &keyring_members,
+    );
+    if !configs.is_empty() {
+        info!("{}", module_trust.summary());
+    }
     let node = Node {
         kernel_release: kver.as_str(),
         in_tree: &in_tree,
@@ -209,6 +227,7 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         sysfs: &opts.sysfs,
         firmware_dir: &opts.firmware_dir,
         bind_timeout: opts.bind_timeout,
+        module_trust: &module_trust,
     };
     let store = StoreLayout::new(&opts.store);
     if opts.dry_run {
@@ -219,6 +238,7 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         };
         let mut dry = DryRun::new(&kver, &node_dir, view, &modprobe, hatches.disabled);
         dry.errors = errors;
+        dry.module_trust = Some(&module_trust);
         for c in &configs {
             for set in &c.config.module_sets {
                 let (d, set_exit) = dry_run_set(k, view, node, &store, &hatches, c, set, &kver);
@@ -596,6 +616,8 @@ mod tests {
             cmdline: f.path("cmdline"),
             modules_root: f.modules_root(),
             sysfs: f.sysfs(),
+            securityfs: f.path("security"),
+            proc_keys: f.path("proc-keys"),
             firmware_dir: f.firmware_dir(),
             kmsg: f.path("kmsg"),
             boot_id_file: f.path("boot_id"),
@@ -917,9 +939,17 @@ mod tests {
     fn a_nic_left_unbound_is_rolled_back_and_recorded_as_not_bound() {
         let (f, mut k) = node();
         let sys = FakeSysfs::at(&f.sysfs());
-        sys.device("pci", "0000:3b:00.0", "pci:v00008086d00001592sv*", Some("ens1f0"));
+        sys.device(
+            "pci",
+            "0000:3b:00.0",
+            "pci:v00008086d00001592sv*",
+            Some("ens1f0"),
+        );
         sys.bind("pci", "0000:3b:00.0", "ice", "ice");
-        k.with_sysfs(&f.sysfs(), vec![BindRule::new("ice", "pci", "0000:3b:00.0", false)]);
+        k.with_sysfs(
+            &f.sysfs(),
+            vec![BindRule::new("ice", "pci", "0000:3b:00.0", false)],
+        );
         assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Failed);
         assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
         let s = status(&f);
@@ -931,8 +961,15 @@ mod tests {
         assert_eq!((d.device.as_str(), d.bound), ("pci 0000:3b:00.0", false));
         assert_eq!(d.interfaces, ["ens1f0"]);
         assert_eq!(d.driver_module.as_deref(), Some("ice"));
-        assert!(d.error.as_deref().unwrap().contains("bound to no driver after"));
+        assert!(d
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("bound to no driver after"));
         let raw = std::fs::read_to_string(f.status()).unwrap();
-        assert!(raw.contains("\"notBound\"") && raw.contains("\"driverModule\""), "{raw}");
+        assert!(
+            raw.contains("\"notBound\"") && raw.contains("\"driverModule\""),
+            "{raw}"
+        );
     }
 }

@@ -118,6 +118,8 @@ pub struct PlannedModule {
     /// A modprobe.d or command-line `blacklist` naming it (modprobe loads a module named
     /// directly, or as a dependency, anyway; the blacklist only filters alias lookups).
     pub blacklisted: Option<Source>,
+    /// Secure Boot preflight's verdict on an image module's signature (`secure_boot.rs`).
+    pub signature: Option<crate::secure_boot::Verdict>,
 }
 
 impl PlannedModule {
@@ -690,6 +692,7 @@ impl<'a> Planner<'a> {
                 required,
                 already_loaded: present,
                 blacklisted: self.conf.blacklisted(name).map(|b| b.source.clone()),
+                signature: None,
             });
         }
         Ok(plan)

@@ -17,6 +17,7 @@ use crate::kernel::ModuleState;
 use crate::modprobe_conf::ModprobeConfig;
 use crate::modules_dep::ModuleIndex;
 use crate::plan::{LoadPlan, Origin, PlannedModule, Planner, PreflightError};
+use crate::secure_boot::{check_signatures, ModuleTrust};
 
 /// The node around a swap.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,8 @@ pub struct Node<'a> {
     pub firmware_dir: &'a Path,
     /// How long the expected devices may take to bind after the load.
     pub bind_timeout: Duration,
+    /// Whether the kernel enforces module signatures, and the keys it trusts.
+    pub module_trust: &'a ModuleTrust,
 }
 
 /// What to swap.
@@ -116,6 +119,12 @@ pub fn plan_swap(
     };
     let mut unload: Vec<String> = vec![];
     for name in removal {
+        if node.in_tree.is_builtin(&name) {
+            return Err(PreflightError(format!(
+                "{name} is built into the kernel ({}/modules.builtin lists it) and cannot be unloaded: it cannot be replaced by a module unless the kernel builds it as one (=m)",
+                node.in_tree.base().display()
+            )));
+        }
         let Some(st) = state(&name)? else {
             debug!(
                 "{}: in-tree {name} is not loaded: nothing to unload",
@@ -170,6 +179,7 @@ pub fn plan_swap(
     for m in &mut load {
         m.already_loaded = present(&m.name) && !unload.contains(&m.name);
     }
+    check_signatures(node.module_trust, &mut load, &mut notes)?;
     // After a failure, what this run loaded is unloaded and what it removed is gone.
     let after = |n: &str| present(n) && !unload.iter().any(|u| u == n);
     let rollback = unload

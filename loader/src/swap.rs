@@ -373,6 +373,7 @@ impl Swap<'_, '_> {
             version,
             srcversion,
             already_loaded,
+            unsigned: m.signature == Some(crate::secure_boot::Verdict::Unsigned),
             load_us: micros(load_time),
         });
         Ok(())
@@ -585,6 +586,7 @@ mod tests {
             sysfs: &sysfs,
             firmware_dir: &fw_dir,
             bind_timeout: Duration::from_millis(300),
+            module_trust: &crate::secure_boot::ModuleTrust::not_enforced(),
         };
         swap_set(
             k,
@@ -832,6 +834,19 @@ mod tests {
             .error
             .unwrap();
         assert!(e.contains("built into the kernel"), "{e}");
+        // Built in as modules.builtin says, without a /sys/module entry: refused too.
+        let (f, mut k) = ice_node();
+        k.loaded.remove("ice");
+        f.node_builtin("ice");
+        let e = swap(&f, &mut k, &f.set(&["ice"], &["ice"]), None)
+            .error
+            .unwrap();
+        assert!(e.contains("ice is built into the kernel ("), "{e}");
+        assert!(
+            e.contains("modules.builtin lists it) and cannot be unloaded"),
+            "{e}"
+        );
+        assert!(k.calls.is_empty());
 
         // Not loaded at all is fine.
         let (f, mut k) = ice_node();
