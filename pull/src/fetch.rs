@@ -23,6 +23,8 @@ use crate::verify::Digest;
 pub const MAX_MANIFEST: usize = 4 << 20;
 /// Most layers accepted in an image.
 pub const MAX_LAYERS: usize = 256;
+/// Longest bearer token accepted from a token service (real ones are a few KiB of JWT).
+pub const MAX_TOKEN: usize = 64 << 10;
 
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -139,8 +141,9 @@ impl FetchError {
         // A certificate or protocol mismatch, or a redirect refused, does not heal: fail now,
         // with what to do.
         let mut retry = true;
+        // A URL that cannot be requested (a token realm that is not an http(s) URL) stays so.
         if e.downcast_ref::<reqwest::Error>()
-            .is_some_and(|r| r.is_redirect())
+            .is_some_and(|r| r.is_redirect() || r.is_builder())
         {
             retry = false;
         } else if lower.contains("certificate") || lower.contains("unknownissuer") {
@@ -461,6 +464,21 @@ struct RawPlatform {
     os: String,
 }
 
+/// An answer's `WWW-Authenticate`, quoted, printable and short, for messages (`none`).
+fn challenge_of(resp: &reqwest::Response) -> String {
+    match resp.headers().get(reqwest::header::WWW_AUTHENTICATE) {
+        None => "none".into(),
+        Some(v) => {
+            let text: String = String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            format!("{text:?}")
+        }
+    }
+}
+
 /// This machine's architecture in OCI terms.
 pub fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -512,7 +530,9 @@ impl<'a> Repo<'a> {
         )
     }
 
-    async fn authenticate(&mut self) -> Result<(), FetchError> {
+    /// Gets credentials for the registry's `challenge` (its `WWW-Authenticate`, as
+    /// [`challenge_of`] prints it; oci-client reads the header itself, the messages name it).
+    async fn authenticate(&mut self, challenge: &str) -> Result<(), FetchError> {
         // The constructors, not parsing: parsing drags a regex engine into the binary.
         let (registry, repository) = (self.image.registry.clone(), self.image.repository.clone());
         let reference = match (&self.image.digest, &self.image.tag) {
@@ -540,28 +560,56 @@ impl<'a> Repo<'a> {
         .await
         .map_err(|_| {
             FetchError::Budget(format!(
-                "the retry budget ran out while authenticating to {}",
+                "the retry budget ran out while authenticating to {} (WWW-Authenticate {challenge})",
                 self.client.host
             ))
         })?;
         let registry = self.client.host.clone();
         match res {
+            // The token goes into every request's Authorization header: one that cannot is
+            // refused here, once, rather than failing each request as a transport error.
+            Ok(Some(token))
+                if token.is_empty()
+                    || token.len() > MAX_TOKEN
+                    || reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                        .is_err() =>
+            {
+                return Err(FetchError::Auth {
+                    registry,
+                    message: format!(
+                        "the token service (realm of WWW-Authenticate {challenge}) answered a token of {} bytes that cannot be sent in an Authorization header (empty, over {MAX_TOKEN} bytes, or with control characters); the token service or a proxy in front of it is broken",
+                        token.len()
+                    ),
+                })
+            }
             Ok(Some(token)) => self.auth = AuthState::Bearer(token),
             Ok(None) if self.cred.is_some() => self.auth = AuthState::Basic,
             Ok(None) => {
                 return Err(FetchError::Auth {
                     registry,
-                    message: "the registry wants credentials and the pull secret has none for it; add an entry to the pull secret".into(),
+                    message: format!("the registry wants credentials (WWW-Authenticate {challenge}) and the pull secret has none for it; add an entry to the pull secret"),
                 })
             }
             Err(oci_client::errors::OciDistributionError::RequestError(e)) => {
-                return Err(FetchError::transport(format!("authenticating to {registry}"), &e))
+                return Err(FetchError::transport(
+                    format!("authenticating to {registry} at the token service of WWW-Authenticate {challenge}"),
+                    &e,
+                ))
+            }
+            Err(oci_client::errors::OciDistributionError::RegistryTokenDecodeError(m)) => {
+                return Err(FetchError::Auth {
+                    registry,
+                    message: format!(
+                        "the token service (realm of WWW-Authenticate {challenge}) answered no token (a JSON object with a string token or access_token): {}",
+                        m.chars().take(200).collect::<String>().trim()
+                    ),
+                })
             }
             Err(oci_client::errors::OciDistributionError::AuthenticationFailure(m)) => {
                 return Err(FetchError::Auth {
                     registry,
                     message: format!(
-                        "the token service refused the credentials ({}); check the pull secret",
+                        "the token service (realm of WWW-Authenticate {challenge}) refused the credentials ({}); check the pull secret",
                         m.chars().take(200).collect::<String>().trim()
                     ),
                 })
@@ -569,7 +617,7 @@ impl<'a> Repo<'a> {
             Err(e) => {
                 return Err(FetchError::Auth {
                     registry,
-                    message: error_chain(&e),
+                    message: format!("{} (WWW-Authenticate {challenge})", error_chain(&e)),
                 })
             }
         }
@@ -606,7 +654,7 @@ impl<'a> Repo<'a> {
             let status = resp.status().as_u16();
             if status == 401 && !reauthed {
                 reauthed = true;
-                self.authenticate().await?;
+                self.authenticate(&challenge_of(&resp)).await?;
                 continue;
             }
             if resp.status().is_success() {
@@ -617,9 +665,15 @@ impl<'a> Repo<'a> {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let challenge = challenge_of(&resp);
             let body = resp.text().await.unwrap_or_default();
             let mut message: String = body.chars().filter(|c| !c.is_control()).take(300).collect();
-            if status == 401 || status == 403 {
+            if status == 401 {
+                message = format!(
+                    "{message} (access denied: check the pull secret's entry for {}; WWW-Authenticate {challenge})",
+                    self.client.host
+                );
+            } else if status == 403 {
                 message = format!(
                     "{message} (access denied: check the pull secret's entry for {})",
                     self.client.host

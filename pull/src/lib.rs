@@ -13,6 +13,8 @@ mod exit;
 mod extract;
 mod fetch;
 mod gc;
+#[cfg(test)]
+mod network_props;
 mod plan;
 mod policy;
 mod progress;

@@ -142,7 +142,7 @@ pub(crate) async fn fetch_tree(
 
 /// Downloads (or resumes) one layer's blob from `repo` into `dl`, then checks size and
 /// digest.
-async fn download_blob(
+pub(crate) async fn download_blob(
     repo: &mut Repo<'_>,
     layer: &LayerDesc,
     dl: &mut BlobDownload,
@@ -153,8 +153,13 @@ async fn download_blob(
     // A server that ignores Range sends the whole blob again. What was handed on cannot
     // be taken back, so the repeated start must be the same bytes: its digest is compared
     // with the digest of what was received before, then only the rest is handed on.
-    let mut again = (dl.written > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT)
-        .then(|| (Hasher::new(), dl.written));
+    let partial = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    if partial {
+        // A 206 must carry the bytes asked for: a range from elsewhere would only show up as a
+        // digest mismatch once the whole blob is in.
+        check_content_range(resp.headers(), dl.written, layer.size, &url)?;
+    }
+    let mut again = (dl.written > 0 && !partial).then(|| (Hasher::new(), dl.written));
     progress.set(dl.written);
     let mut stream = resp.bytes_stream();
     while let Some(mut chunk) = repo.next_chunk(&mut stream, &url).await? {
@@ -209,6 +214,57 @@ async fn download_blob(
     }
     dl.hand_on(Piece::Verified).await;
     Ok(())
+}
+
+/// `Content-Range: bytes FIRST-LAST/LENGTH` (RFC 9110 14.4), with `LENGTH` `*` when unknown.
+/// `None` unless it is one satisfied byte range with `FIRST <= LAST < LENGTH`.
+pub(crate) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (first, rest) = value.trim().strip_prefix("bytes ")?.split_once('-')?;
+    let (last, length) = rest.split_once('/')?;
+    let digits = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (first, last) = (digits(first)?, digits(last)?);
+    let length = match length {
+        "*" => None,
+        l => Some(digits(l)?),
+    };
+    (first <= last && length.is_none_or(|l| last < l)).then_some((first, last, length))
+}
+
+/// The range of a `206` answer to `Range: bytes=FROM-` for a blob of `size` bytes must start at
+/// `from` and stay within the blob; anything else is an error naming the header.
+fn check_content_range(
+    headers: &reqwest::header::HeaderMap,
+    from: u64,
+    size: u64,
+    url: &str,
+) -> Result<(), FetchError> {
+    let value = headers
+        .get(reqwest::header::CONTENT_RANGE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let fits =
+        value
+            .as_deref()
+            .and_then(parse_content_range)
+            .is_some_and(|(first, last, length)| {
+                first == from && last < size && length.is_none_or(|l| l == size)
+            });
+    if fits {
+        return Ok(());
+    }
+    let shown: String = value
+        .as_deref()
+        .unwrap_or("(none)")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    Err(FetchError::Invalid(format!(
+        "{url}: the registry answered 206 Partial Content with Content-Range {shown:?}, not bytes {from}-… of the {size}-byte blob asked for; the registry or a proxy between mangles ranges"
+    )))
 }
 
 /// A blob download that survives retries: every byte received is hashed and handed to the
@@ -329,6 +385,36 @@ impl Read for LayerReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9, Some(10))));
+        assert_eq!(parse_content_range(" bytes 5-9/*"), Some((5, 9, None)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "bytes -1-9/10",
+            "bytes +1-9/10",
+            "items 0-9/10",
+            "bytes 0-99999999999999999999/*",
+            "",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a registry or proxy sends as `Content-Range`: no panic, and a range that
+        /// is one inside the blob when it parses.
+        #[test]
+        fn any_content_range_parses_without_panic(v in "(bytes )?[0-9*/ +-]{0,40}|.{0,40}") {
+            if let Some((first, last, length)) = parse_content_range(&v) {
+                proptest::prop_assert!(first <= last);
+                proptest::prop_assert!(length.is_none_or(|l| last < l));
+            }
+        }
+    }
 
     #[test]
     fn a_layer_ends_only_when_verified() {

@@ -18,6 +18,8 @@
 //!   a 2xx, and only `GET`s (`WrongDigestHeader`: `HEAD`s too). So
 //!   `Fault::CutAfter { bytes: 1000 }.on("/blobs/").times(1)` cuts the first blob download
 //!   that would have succeeded, not a 401 challenge or a 404 before it.
+//! - [`Fault::Header`] counts every matching request the registry answers, whatever the
+//!   status (a 401 challenge included).
 
 use std::time::Duration;
 
@@ -73,6 +75,16 @@ pub enum Fault {
     /// Answer as if the request had no `Range` header: the whole blob with 200, as a server
     /// without range support does after a cut.
     IgnoreRange,
+    /// Send response header `name` with `value` in place of the registry's own (Content-Length
+    /// included: the body is still sent whole, then the connection is closed), on an answer of
+    /// any status: a 401's `WWW-Authenticate`, a blob's `Content-Length` or `Content-Range` as
+    /// a hostile registry or proxy would send them. The value goes on the wire as given.
+    Header {
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: String,
+    },
 }
 
 impl Fault {
@@ -113,6 +125,19 @@ impl Fault {
         )
     }
 
+    /// `Header` from string slices.
+    pub fn header(name: &str, value: &str) -> Self {
+        Self::Header {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    /// Whether the fault sets a header on an answer of any status.
+    pub(crate) fn sets_header(&self) -> bool {
+        matches!(self, Self::Header { .. })
+    }
+
     /// Whether an altering fault has something to alter in the answer to a HEAD request.
     pub(crate) fn acts_on_head(&self) -> bool {
         matches!(self, Self::WrongDigestHeader)
@@ -138,6 +163,7 @@ impl Fault {
             Self::Delay(_) => "delay",
             Self::Drop => "drop",
             Self::IgnoreRange => "ignore-range",
+            Self::Header { .. } => "header",
         }
     }
 }

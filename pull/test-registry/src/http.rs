@@ -297,14 +297,21 @@ impl Response {
             .body(value.to_string().into_bytes())
     }
 
-    /// The status line and headers, with `content_length` as Content-Length.
+    /// The status line and headers, with `content_length` as Content-Length unless a header
+    /// of that name was set (a fault's lie).
     pub(crate) fn head_bytes(&self, content_length: usize, keep_alive: bool) -> Vec<u8> {
         use std::fmt::Write as _;
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
-        let _ = write!(head, "Content-Length: {content_length}\r\n");
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        {
+            let _ = write!(head, "Content-Length: {content_length}\r\n");
+        }
         if !keep_alive {
             head.push_str("Connection: close\r\n");
         }

@@ -50,6 +50,7 @@
 //! | slow server | `Fault::Slow { bytes_per_sec: 64 * 1024 }.everywhere()` |
 //! | hangs before answering | `Fault::Delay(Duration::from_secs(30)).on("/v2/")` |
 //! | closes without answering | `Fault::Drop.on("/manifests/").times(1)` |
+//! | hostile headers (any status) | `Fault::header("WWW-Authenticate", "Bearer realm=ftp://x").on("/v2/")` |
 //!
 //! # Design
 //!

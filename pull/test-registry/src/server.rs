@@ -108,6 +108,8 @@ impl Shared {
 
 /// How to put one answer on the wire.
 struct Plan {
+    /// Close the connection after the answer.
+    close: bool,
     /// `None`: close without answering.
     response: Option<Response>,
     delay: Option<Duration>,
@@ -134,7 +136,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream,
             }
         };
         let plan = plan(&shared, &request, origin);
-        let keep_alive = request.keep_alive();
+        let keep_alive = request.keep_alive() && !plan.close;
         match send(&mut stream, plan, request.method == "HEAD", keep_alive).await {
             Ok(true) if keep_alive => continue,
             _ => return,
@@ -198,7 +200,22 @@ fn plan(shared: &Shared, request: &Request, origin: Origin) -> Plan {
         }
     };
 
+    let mut response = response;
+    let mut close = false;
+    if let Some(answer) = response.as_mut() {
+        let headers = fire(&mut state, request, Stage::AnyAnswer);
+        for fault in &headers {
+            if let Fault::Header { name, value } = fault {
+                answer.set_header(name, value.clone());
+                // The body no longer matches what the connection says: close it after.
+                close |= name.eq_ignore_ascii_case("content-length");
+            }
+        }
+        fired.extend(headers);
+    }
+
     let mut plan = Plan {
+        close,
         response: None,
         delay: None,
         cut_after: None,
@@ -243,6 +260,8 @@ enum Stage {
     /// With a 2xx answer in hand: the faults altering it, on the requests where they have
     /// something to alter (a body for most: not on HEAD).
     OnSuccess,
+    /// With any answer in hand: the headers set.
+    AnyAnswer,
 }
 
 /// Fires the matching rules of `stage`.
@@ -254,8 +273,10 @@ fn fire(state: &mut State, request: &Request, stage: Stage) -> Vec<Fault> {
             Stage::BeforeRouting => r.rule.fault.acts_before_routing(),
             Stage::OnSuccess => {
                 !r.rule.fault.acts_before_routing()
+                    && !r.rule.fault.sets_header()
                     && (request.method == "GET" || r.rule.fault.acts_on_head())
             }
+            Stage::AnyAnswer => r.rule.fault.sets_header(),
         })
         .filter_map(|r| {
             r.consider(&request.method, &request.path)
