@@ -9,6 +9,7 @@ pub mod facts;
 pub mod journal_priorities;
 pub mod modprobe_config;
 pub mod multi_modules;
+pub mod policy_reject;
 pub mod power_cut;
 pub mod registry_down;
 pub mod report;
@@ -34,6 +35,7 @@ pub const NAMES: &[&str] = &[
     "modprobe-config",
     "registry-down",
     "power-cut",
+    "policy-reject",
 ];
 
 /// The outcome of a run of scenarios, with the bench timings gathered on the way.
@@ -182,6 +184,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         let t = Instant::now();
         reports.push(power_cut::run(lab).unwrap_or_else(|e| failed("power-cut", &e)));
         info!("power-cut node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("policy-reject") {
+        let t = Instant::now();
+        reports.push(policy_reject::run(lab).unwrap_or_else(|e| failed("policy-reject", &e)));
+        info!("policy-reject node: {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(Outcome {
         reports,
