@@ -83,17 +83,29 @@ pub struct ModuleSignature {
     pub signers: Vec<Signer>,
 }
 
+/// Why a module's signature could not be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The file could not be read or decompressed here (the kernel may still manage).
+    #[error("its signature cannot be read: {0}")]
+    Unreadable(String),
+    /// A trailer the kernel refuses.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// Reads the signature of the module file at `path` (decompressed first when its name says
-/// so); `Ok(None)`: not signed. `Err`: unreadable, or a trailer the kernel would refuse.
-pub fn read_signature(path: &Path) -> Result<Option<ModuleSignature>, String> {
-    let whole;
-    let tail: Vec<u8> = match Compression::of(path) {
+/// so); `Ok(None)`: not signed.
+pub fn read_signature(path: &Path) -> Result<Option<ModuleSignature>, SignatureError> {
+    let io = |e: std::io::Error| SignatureError::Unreadable(e.to_string());
+    let tail = match Compression::of(path) {
         Compression::None => {
-            let f = File::open(path).map_err(|e| e.to_string())?;
-            let len = f.metadata().map_err(|e| e.to_string())?.len();
-            let read = |from: u64| -> Result<Vec<u8>, String> {
+            // Only the trailer is read: a module is often several MiB.
+            let f = File::open(path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            let read = |from: u64| -> Result<Vec<u8>, SignatureError> {
                 let mut buf = vec![0; (len - from) as usize];
-                f.read_exact_at(&mut buf, from).map_err(|e| e.to_string())?;
+                f.read_exact_at(&mut buf, from).map_err(io)?;
                 Ok(buf)
             };
             let info_at = (MAGIC.len() + INFO_LEN) as u64;
@@ -101,22 +113,19 @@ pub fn read_signature(path: &Path) -> Result<Option<ModuleSignature>, String> {
                 return Ok(None);
             }
             let end = read(len - info_at)?;
-            match sig_len(&end)? {
+            match sig_len(&end).map_err(SignatureError::Malformed)? {
                 None => return Ok(None),
                 Some(n) if n as u64 > len - info_at => {
-                    return Err(format!(
+                    return Err(SignatureError::Malformed(format!(
                         "its signature trailer claims {n} bytes, more than the file"
-                    ))
+                    )))
                 }
                 Some(n) => read(len - info_at - n as u64)?,
             }
         }
-        _ => {
-            whole = decompress::read_module(path).map_err(|e| e.to_string())?;
-            whole
-        }
+        _ => decompress::read_module(path).map_err(io)?,
     };
-    signature_of(&tail)
+    signature_of(&tail).map_err(SignatureError::Malformed)
 }
 
 /// The signature at the end of a (decompressed) module image.

@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
 
-use crate::module_signature::{read_signature, Signer};
+use crate::module_signature::{read_signature, SignatureError, Signer};
 use crate::plan::{Origin, PlannedModule, PreflightError};
 
 /// The kernel's keyrings whose keys may sign modules, in the kernel's search order.
@@ -196,8 +196,8 @@ impl ModuleTrust {
         let sig = match read_signature(path) {
             Ok(None) => return Verdict::Unsigned,
             Ok(Some(s)) => s,
-            Err(e) if path.exists() && !e.contains("gzip") => return Verdict::Malformed(e),
-            Err(e) => return Verdict::Unchecked(format!("its signature cannot be read: {e}")),
+            Err(e @ SignatureError::Malformed(_)) => return Verdict::Malformed(e.to_string()),
+            Err(e @ SignatureError::Unreadable(_)) => return Verdict::Unchecked(e.to_string()),
         };
         let signer = sig.signers[0].clone();
         let Keyrings::Read { keys, hidden } = &self.keyrings else {
@@ -489,6 +489,8 @@ pub fn keyring_members(id: i32) -> io::Result<Vec<i32>> {
 mod tests {
     use super::*;
     use crate::module_signature::tests::{make_key, sign_file};
+    use crate::module_signature::MAGIC;
+    const MAGIC_LEN: usize = MAGIC.len();
     use std::process::Command;
 
     /// A `/proc/keys` as a Debian 6.1 kernel shows it (the key's line as the kernel's
@@ -749,6 +751,23 @@ mod tests {
         let t = n.trust(&|_| Err(io::Error::from_raw_os_error(libc::EPERM)));
         check_signatures(&t, &mut [planned(&by_other, true)], &mut vec![]).unwrap();
         assert!(check_signatures(&t, &mut [planned(&unsigned, true)], &mut vec![]).is_err());
+        // A gzip module is the kernel's to decompress: not checked here, said so.
+        let gz = d.join("x.ko.gz");
+        std::fs::write(&gz, b"\x1f\x8b").unwrap();
+        let mut notes = vec![];
+        check_signatures(&t, &mut [planned(&gz, true)], &mut notes).unwrap();
+        assert!(
+            notes[0].contains("the kernel checks it at load time"),
+            "{notes:?}"
+        );
+        // A trailer the kernel refuses is refused.
+        let mut bad = std::fs::read(&by_other).unwrap();
+        let n = bad.len();
+        bad[n - MAGIC_LEN - 10] = 1; // id_type
+        let bad_ko = d.join("bad.ko");
+        std::fs::write(&bad_ko, bad).unwrap();
+        let e = check_signatures(&t, &mut [planned(&bad_ko, true)], &mut vec![]).unwrap_err();
+        assert!(e.to_string().contains("is not PKCS#7"), "{e}");
         // A module loaded already, or from the node, is not checked.
         let mut m = planned(&unsigned, true);
         m.already_loaded = true;
