@@ -58,9 +58,11 @@ bench: static
 	$(CARGO) run --release -p kmod-day1-pull --example bench_vs_skopeo
 	$(CARGO) run --release -p kmod-day1-testvm -- bench
 
-# Rewrites mcgen's golden files from the current output.
+# Rewrites mcgen's golden files from the current output, and the dracut module's
+# initramfs-content from mcgen's definition.
 golden:
 	MCGEN_BLESS=1 $(CARGO) test -p mcgen --test golden
+	MCGEN_BLESS=1 $(CARGO) test -p mcgen --lib initramfs_content
 
 example:
 	$(CARGO) run -q -p mcgen -- --spec examples/e1000.yaml --delivery layered
@@ -89,6 +91,7 @@ install-systemd:
 install-dracut:
 	install -d $(DESTDIR)$(DRACUTDIR)/50kmod-day1
 	sed "s#/usr/local/bin/#$(BINDIR)/#" dracut/50kmod-day1/module-setup.sh > $(DESTDIR)$(DRACUTDIR)/50kmod-day1/module-setup.sh
+	sed "s#/usr/local/bin/#$(BINDIR)/#" dracut/50kmod-day1/initramfs-content > $(DESTDIR)$(DRACUTDIR)/50kmod-day1/initramfs-content
 	chmod 0755 $(DESTDIR)$(DRACUTDIR)/50kmod-day1/module-setup.sh
 	sed 's#/usr/local/bin/#$(BINDIR)/#' units/kmod-day1-load.service > $(DESTDIR)$(DRACUTDIR)/50kmod-day1/kmod-day1-load.service
 

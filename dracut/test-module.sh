@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0
 # Builds an initramfs with the real dracut and the kmod-day1 module from a scratch root
-# (KMOD_DAY1_ROOT), then checks with lsinitrd that it holds the loader, the configs,
+# (KMOD_DAY1_ROOT), then checks with lsinitrd that it holds what initramfs-content (mcgen's
+# definition) names: the loader, the configs,
 # the enabled unit, the node's modprobe.d files, the refs of the target kernel and their
 # trees, and nothing of the other kernel. Needs root and dracut-core (hack/install-deps).
 set -euo pipefail
@@ -23,13 +24,23 @@ mkdir -p "$sys/usr/local/bin" "$sys/etc/kmod-day1/config.d" "$sys/lib/modules/$k
 printf '#!/bin/sh\n' > "$sys/usr/local/bin/kmod-day1-load"
 chmod 0755 "$sys/usr/local/bin/kmod-day1-load"
 echo '{"version": 1, "moduleSets": []}' > "$sys/etc/kmod-day1/config.d/99-test.json"
+# Store format 2 (refs/CONFIG/SET/KVER/IMAGE-KEY.json), and one format 1 ref
+# (refs/CONFIG/SET/KVER.json) of set ice, as a store not yet upgraded has it.
+ref() {
+    local k=$1 tree=$2 file=$3
+    mkdir -p "$(dirname "$file")"
+    printf '{\n  "version": 2,\n  "image": "r/x:%s",\n  "manifestDigest": "sha256:00",\n  "tree": "%s",\n  "committedAt": 1\n}\n' "$k" "$tree" > "$file"
+}
 for k in $kver $other; do
     tree=$(printf '%s' "$k" | sha256sum | cut -c1-64)
-    mkdir -p "$sys/var/lib/kmod-day1/refs/99-test/e1000" "$sys/var/lib/kmod-day1/trees/$tree/modules/extra"
+    mkdir -p "$sys/var/lib/kmod-day1/trees/$tree/modules/extra"
     printf 'ko for %s\n' "$k" > "$sys/var/lib/kmod-day1/trees/$tree/modules/extra/e1000.ko"
-    printf '{\n  "version": 1,\n  "image": "r/x:%s",\n  "manifestDigest": "sha256:00",\n  "tree": "%s",\n  "committedAt": 1\n}\n' "$k" "$tree" \
-        > "$sys/var/lib/kmod-day1/refs/99-test/e1000/$k.json"
+    ref "$k" "$tree" "$sys/var/lib/kmod-day1/refs/99-test/e1000/$k/0123456789abcdef.json"
 done
+ice_tree=$(printf 'ice %s' "$kver" | sha256sum | cut -c1-64)
+mkdir -p "$sys/var/lib/kmod-day1/trees/$ice_tree/modules/extra"
+echo ice > "$sys/var/lib/kmod-day1/trees/$ice_tree/modules/extra/ice.ko"
+ref "$kver" "$ice_tree" "$sys/var/lib/kmod-day1/refs/99-test/ice/$kver.json"
 # The node's modprobe configuration: carried but for /run, dot files and other names;
 # /lib/modprobe.d is /usr/lib/modprobe.d, carried once.
 mkdir -p "$sys/etc/modprobe.d" "$sys/usr/lib/modprobe.d" "$sys/usr/local/lib/modprobe.d" "$sys/run/modprobe.d"
@@ -53,8 +64,10 @@ expect() { grep -q -- "$1" "$work/list" || { echo "missing from the initramfs: $
 refuse() { ! grep -q -- "$1" "$work/list" || { echo "must not be in the initramfs: $1"; fail=1; }; }
 expect ' usr/local/bin/kmod-day1-load$'
 expect ' etc/kmod-day1/config.d/99-test.json$'
-expect " var/lib/kmod-day1/refs/99-test/e1000/$kver.json$"
+expect " var/lib/kmod-day1/refs/99-test/e1000/$kver/0123456789abcdef.json$"
 expect " var/lib/kmod-day1/trees/$want_tree/modules/extra/e1000.ko$"
+expect " var/lib/kmod-day1/refs/99-test/ice/$kver.json$"
+expect " var/lib/kmod-day1/trees/$ice_tree/modules/extra/ice.ko$"
 expect 'kmod-day1-load.service$'
 expect 'sysinit.target.wants/kmod-day1-load.service'
 expect ' etc/modprobe.d/kd1-test.conf$'
@@ -64,7 +77,7 @@ expect ' usr/local/lib/modprobe.d/kd1-local.conf$'
 refuse 'kd1-run.conf'
 refuse 'kd1-hidden'
 refuse 'kd1-README'
-refuse "$other.json"
+refuse "e1000/$other"
 refuse "$other_tree"
 [ $fail = 0 ] || { cat "$work/list" | grep -i kmod-day1; exit 1; }
 echo "dracut module: ok"

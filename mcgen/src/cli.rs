@@ -22,6 +22,13 @@ pub enum OutputFormat {
     Ignition,
     /// A Containerfile that layers the node binaries into the OS image.
     Containerfile,
+    /// The node config file (/etc/kmod-day1/config.d/<machine-config>.json), for
+    /// `kmod-day1-pull --kernel-release` preparing a --bundle store on any machine.
+    NodeConfig,
+    /// An initrd to append to an initramfs (gzip-compressed cpio, newc): --loader, the config,
+    /// --modprobe-d, the --bundle store and the unit that loads before the network in a systemd
+    /// initramfs.
+    Initrd,
     /// The objects (YAML) that prepare every node of the pool before the MachineConfig:
     /// Namespace, ServiceAccount, SCC grant, ConfigMap and a DaemonSet running --node-image.
     Prestage,
@@ -150,6 +157,30 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub node_binaries: Option<PathBuf>,
 
+    /// A store prepared by `kmod-day1-pull --kernel-release`: its refs and trees for this
+    /// config go into the Ignition config, the MachineConfig or the initrd, so that the first
+    /// boot loads the out-of-tree driver with no pull
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+
+    /// With --bundle: carry only these kernels (repeat for several) [default: every kernel
+    /// the store holds for the config]
+    #[arg(long, value_name = "RELEASE", requires = "bundle")]
+    pub kernel_release: Vec<kmod_day1_contract::KernelRelease>,
+
+    /// With --output initrd: the static kmod-day1-load (`make static`)
+    #[arg(long, value_name = "FILE")]
+    pub loader: Option<PathBuf>,
+
+    /// With --output initrd: the node's modprobe.d, carried as /etc/modprobe.d (*.conf,
+    /// *.alias); nothing when it does not exist
+    #[arg(
+        long = "modprobe-d",
+        value_name = "DIR",
+        default_value = "/etc/modprobe.d"
+    )]
+    pub modprobe_d: PathBuf,
+
     /// Largest MachineConfig to emit, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: usize,
@@ -189,7 +220,7 @@ fn read_spec(path: &Path) -> Result<String, Error> {
 }
 
 impl Cli {
-    fn config(&self) -> Result<(Day1Config, Vec<String>), Error> {
+    pub(crate) fn config(&self) -> Result<(Day1Config, Vec<String>), Error> {
         Ok(match &self.spec {
             Some(path) => parse_spec(&read_spec(path)?, &path.display().to_string())?,
             None => {
@@ -223,7 +254,7 @@ impl Cli {
         })
     }
 
-    fn generator(&self) -> Result<(Generator, Vec<String>), Error> {
+    pub(crate) fn generator(&self) -> Result<(Generator, Vec<String>), Error> {
         let (config, warnings) = self.config()?;
         let delivery = self.delivery()?;
         if self.output == OutputFormat::Containerfile && delivery != Delivery::Layered {
@@ -235,7 +266,7 @@ impl Cli {
             .delivery(delivery)
             .ignition_version(self.ignition_version)
             .max_bytes(self.max_bytes);
-        Ok((generator, warnings))
+        Ok((self.with_bundle(generator)?, warnings))
     }
 
     /// How the node binaries reach the node: the flags, or the default for the output.
@@ -251,6 +282,8 @@ impl Cli {
             (None, None) => match self.output {
                 OutputFormat::Ignition => DeliveryArg::Embedded,
                 OutputFormat::Containerfile => DeliveryArg::Layered,
+                // Not rendered by a generator (install_time.rs).
+                OutputFormat::NodeConfig | OutputFormat::Initrd => DeliveryArg::Layered,
                 OutputFormat::Machineconfig
                 | OutputFormat::Prestage
                 | OutputFormat::DisruptionPolicy => {
@@ -284,6 +317,9 @@ impl Cli {
 
     /// Renders the requested output; `notes` receives lines for stderr.
     pub fn render(&self, notes: &mut Vec<String>) -> Result<String, Error> {
+        if let Some(text) = self.render_install_time()? {
+            return Ok(text);
+        }
         if let Some(b) = &self.base_image {
             kmod_day1_contract::ImageRef::parse(b)
                 .map_err(|e| Error::Invalid(format!("--base-image: {e}")))?;
@@ -326,6 +362,7 @@ impl Cli {
                 Ok(json)
             }
             OutputFormat::Containerfile => Ok(containerfile(self.base_image.as_deref())),
+            OutputFormat::NodeConfig | OutputFormat::Initrd => unreachable!("rendered above"),
             OutputFormat::Prestage => unreachable!("rendered above"),
             OutputFormat::DisruptionPolicy => {
                 let on_change = self.on_change.expect("checked above");
@@ -388,12 +425,12 @@ where
     };
     let mut notes = vec![];
     let result = cli
-        .render(&mut notes)
+        .render_bytes(&mut notes)
         .and_then(|out| match &cli.output_file {
-            Some(path) => kmod_day1_contract::write_atomic(path, out.as_bytes())
+            Some(path) => kmod_day1_contract::write_atomic(path, &out)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e)),
             None => std::io::stdout()
-                .write_all(out.as_bytes())
+                .write_all(&out)
                 .map_err(|e| Error::io("writing to stdout", e)),
         });
     for n in notes {

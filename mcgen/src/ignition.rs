@@ -10,8 +10,8 @@ use base64::Engine;
 use ignition_config::v3_2 as ign;
 
 use crate::{
-    image_delivery, node_binaries::gzip_data_url, node_binaries::EmbeddedBinary, units, Day1Config,
-    Delivery, Error,
+    bundle::NodeEntry, image_delivery, node_binaries::gzip_data_url, node_binaries::EmbeddedBinary,
+    units, Bundle, Day1Config, Delivery, Error,
 };
 
 /// Ignition spec versions mcgen emits.
@@ -57,11 +57,12 @@ fn file(path: String, mode: i64, source: String, compression: Option<&str>) -> i
     f
 }
 
-/// Builds the Ignition config as JSON.
+/// Builds the Ignition config as JSON, with the store content of `bundle` when given.
 pub fn ignition_config(
     config: &Day1Config,
     delivery: &Delivery,
     binaries: &[EmbeddedBinary],
+    bundle: Option<&Bundle>,
     version: IgnitionVersion,
 ) -> Result<serde_json::Value, Error> {
     let config_json = config.node.to_json();
@@ -93,6 +94,38 @@ pub fn ignition_config(
             Some("gzip"),
         ));
     }
+    let (mut directories, mut links) = (vec![], vec![]);
+    for entry in bundle.map(Bundle::entries).unwrap_or_default() {
+        match entry {
+            NodeEntry::Dir { path, mode } => {
+                let mut d = ign::Directory::new(path.clone());
+                d.mode = Some(i64::from(*mode));
+                directories.push(d);
+            }
+            NodeEntry::File { path, mode, data } => {
+                // gzip only where it pays: a data URL's base64 is the same either way.
+                let (gz, gz_len) =
+                    gzip_data_url(data).map_err(|e| Error::io(format!("compressing {path}"), e))?;
+                let (url, compression) = if gz_len < data.len() {
+                    (gz, Some("gzip"))
+                } else {
+                    (
+                        format!(
+                            "data:;base64,{}",
+                            base64::engine::general_purpose::STANDARD.encode(data)
+                        ),
+                        None,
+                    )
+                };
+                files.push(file(path.clone(), i64::from(*mode), url, compression));
+            }
+            NodeEntry::Symlink { path, target } => {
+                let mut l = ign::Link::new(path.clone(), target.clone());
+                l.overwrite = Some(true);
+                links.push(l);
+            }
+        }
+    }
     let systemd_units = units::units(delivery)
         .into_iter()
         .map(|(name, contents)| {
@@ -105,6 +138,8 @@ pub fn ignition_config(
     let c = ign::Config {
         storage: Some(ign::Storage {
             files: Some(files),
+            directories: (!directories.is_empty()).then_some(directories),
+            links: (!links.is_empty()).then_some(links),
             ..Default::default()
         }),
         systemd: Some(ign::Systemd {

@@ -19,12 +19,17 @@
 //! assert!(yaml.contains("machineconfiguration.openshift.io/role: worker"));
 //! ```
 
+mod bundle;
 mod cli;
 mod containerfile;
+mod cpio;
 mod disruption_policy;
 mod error;
 mod ignition;
 mod image_delivery;
+pub mod initramfs_content;
+mod initrd;
+mod install_time;
 mod kmm;
 mod machineconfig;
 mod node_binaries;
@@ -35,6 +40,7 @@ mod units;
 
 use std::path::PathBuf;
 
+pub use bundle::{Bundle, NodeEntry};
 pub use cli::{run, Cli, OutputFormat};
 pub use containerfile::containerfile;
 pub use disruption_policy::{
@@ -87,6 +93,7 @@ pub struct Generator {
     delivery: Delivery,
     ignition_version: IgnitionVersion,
     max_bytes: usize,
+    bundle: Option<Bundle>,
 }
 
 impl Generator {
@@ -97,7 +104,14 @@ impl Generator {
             delivery: Delivery::Layered,
             ignition_version: IgnitionVersion::default(),
             max_bytes: DEFAULT_MAX_BYTES,
+            bundle: None,
         }
+    }
+
+    /// Carries a prepared store ([`Bundle`]) in the config.
+    pub fn bundle(mut self, bundle: Bundle) -> Self {
+        self.bundle = Some(bundle);
+        self
     }
 
     /// Sets how the node binaries are delivered.
@@ -136,6 +150,7 @@ impl Generator {
             &self.config,
             &self.delivery,
             &self.binaries()?,
+            self.bundle.as_ref(),
             self.ignition_version,
         )
     }
@@ -155,6 +170,14 @@ impl Generator {
             self.ignition()?,
         );
         let yaml = mc.to_yaml();
+        if yaml.len() > self.max_bytes && self.bundle.is_some() {
+            return Err(Error::TooLarge(format!(
+                "MachineConfig {} with its bundle would be {} bytes, above the {}-byte limit (--max-bytes): MCO stores it in etcd and merges every MachineConfig of the pool into one rendered config, which recent MCO refuses above 1.5 MiB; carry the bundle at install time instead, in the Ignition config (-o ignition) or in an initrd appended to the initramfs (-o initrd), or drop --bundle and let the nodes pull (prestage with -o prestage)",
+                self.config.name,
+                yaml.len(),
+                self.max_bytes
+            )));
+        }
         if yaml.len() > self.max_bytes {
             return Err(Error::TooLarge(format!(
                 "MachineConfig {} would be {} bytes, above the {}-byte limit (--max-bytes): MCO stores it in etcd and merges it into the pool's rendered config; deliver the node binaries with --node-image REF@sha256:<digest> (the node image) or --delivery layered (the OS image) instead",

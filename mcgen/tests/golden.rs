@@ -10,6 +10,8 @@ mod support;
 use support::{mcgen, root, validate_ignition, KMM_FLAGS, NODE_IMAGE};
 
 const BIN: &str = "mcgen/tests/fixtures/node-binaries";
+/// A store as `kmod-day1-pull --kernel-release` leaves it, for two kernels (and another config).
+const BUNDLE: &str = "mcgen/tests/fixtures/bundle-store";
 /// The largest image-delivery MachineConfig for examples/e1000.yaml: MCO merges every
 /// MachineConfig of a pool into one rendered config.
 const IMAGE_MC_TARGET: usize = 16 * 1024;
@@ -34,6 +36,8 @@ fn cases() -> Vec<(&'static str, String)> {
         ("multi.prestage.yaml", format!("-f examples/multi.yaml -o prestage --node-image {NODE_IMAGE} --node-selector node-role.kubernetes.io/worker-cnf= --node-selector kubernetes.io/arch=amd64")),
         ("e1000.disruption-policy.next-boot.yaml", format!("-f examples/e1000.yaml -o disruption-policy --on-change next-boot --node-image {NODE_IMAGE}")),
         ("e1000.disruption-policy.reboot.yaml", format!("-f examples/e1000.yaml -o disruption-policy --on-change reboot --node-image {NODE_IMAGE}")),
+        ("e1000.bundle.ignition.json", format!("-f examples/e1000.yaml -o ignition --delivery layered --bundle {BUNDLE}")),
+        ("e1000.bundle.machineconfig.yaml", format!("-f examples/e1000.yaml --node-image {NODE_IMAGE} --bundle {BUNDLE} --kernel-release 5.14.0-427.13.1.el9_4.x86_64")),
         ("layered.Containerfile", "-f examples/e1000.yaml -o containerfile --base-image quay.io/openshift-release-dev/rhcos:4.16".into()),
         ("layered-no-base.Containerfile", "-f examples/e1000.yaml -o containerfile".into()),
     ]
