@@ -9,6 +9,7 @@ mod image_ref;
 mod log;
 mod names;
 mod node_facts;
+mod preflight;
 mod status;
 mod store;
 
@@ -28,6 +29,7 @@ pub use node_facts::{
     boot_id, kernel_command_line, kernel_command_line_text, kernel_release, NodeFactError,
     BOOT_ID_FILE, CMDLINE_FILE, OSRELEASE_FILE,
 };
+pub use preflight::{SetVerdict, UpgradePreflight, PREFLIGHT_VERSION};
 pub use status::{
     BootStatus, DeviceStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION,
 };

@@ -27,6 +27,9 @@ pub struct BootStatus {
     pub errors: Vec<String>,
     /// Wall time of the whole run, microseconds.
     pub total_us: u64,
+    /// The upgrade preflight kmod-day1-pull made for this kernel before it was booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::UpgradePreflight>,
 }
 
 /// What happened to one module set.

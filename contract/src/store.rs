@@ -134,6 +134,11 @@ impl StoreLayout {
         self.root.join("prestaged")
     }
 
+    /// The upgrade preflight's verdict for `kernel` (`preflight/<kver>.json`).
+    pub fn preflight_file(&self, kernel: &KernelRelease) -> PathBuf {
+        self.root.join("preflight").join(format!("{kernel}.json"))
+    }
+
     /// The reboot guard.
     pub fn reboot_guard(&self) -> PathBuf {
         self.root.join("reboots.json")

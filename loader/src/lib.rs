@@ -42,10 +42,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use kmod_day1_contract::{
     boot_id, is_valid_tree_id, kernel_command_line_text, kernel_release, load_config_dir,
-    write_json_atomic, BootStatus, DeviceStatus, EscapeHatches, KernelRelease, LoadedConfig,
-    ModuleSet, ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout, BOOT_ID_FILE,
-    CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE, STATUS_VERSION, STORE_DIR,
-    STORE_VERSION,
+    read_json, write_json_atomic, BootStatus, DeviceStatus, EscapeHatches, KernelRelease,
+    LoadedConfig, ModuleSet, ModuleStatus, RefRecord, SetState, SetStatus, StderrLog, StoreLayout,
+    UpgradePreflight, BOOT_ID_FILE, CMDLINE_FILE, CONFIG_DIR, OSRELEASE_FILE, STATUS_FILE,
+    STATUS_VERSION, STORE_DIR, STORE_VERSION,
 };
 use tracing::{error, info, warn, Level};
 
@@ -264,6 +264,7 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         sets,
         errors,
         total_us: micros(started.elapsed()),
+        preflight: upgrade_preflight(&store, &kver),
     };
     if let Err(e) = write_json_atomic(&opts.status, &status) {
         error!("writing the status file {}: {e}", opts.status.display());
@@ -296,6 +297,8 @@ fn dry_run_set(
 ) -> (DrySet, Exit) {
     let label = format!("{}/{}", cfg.name, set.name);
     let mut d = DrySet::new(&label);
+    // The image is told even when it is not stored: the upgrade preflight names it.
+    d.image = set.image_for(kver).ok().flatten().map(|i| i.to_string());
     let settled = |mut d: DrySet, o: Box<SetOutcome>| {
         d.state = o.state;
         d.error = o.error;
@@ -444,6 +447,16 @@ fn handle_set(
     st.kernel_us = micros(outcome.kernel_time);
     st.overhead_us = micros(overhead_time);
     (st, outcome.exit)
+}
+
+/// What kmod-day1-pull's upgrade preflight said about this kernel before it was booted, for
+/// the status; a record that cannot be read is a warning.
+fn upgrade_preflight(store: &StoreLayout, kver: &KernelRelease) -> Option<UpgradePreflight> {
+    let file = store.preflight_file(kver);
+    read_json(&file)
+        .inspect_err(|e| warn!("the upgrade preflight record {}: {e}", file.display()))
+        .ok()
+        .flatten()
 }
 
 /// A set's ref in the store, and the file it was read from.

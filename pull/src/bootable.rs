@@ -13,8 +13,8 @@
 //! private, and every kernel it could name is in a deployment directory anyway. Reading the
 //! deployment directories also covers a rollback deployment without a boot entry.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use kmod_day1_contract::KernelRelease;
 
@@ -42,6 +42,9 @@ pub(crate) struct BootableKernels {
     pub kernels: BTreeSet<KernelRelease>,
     /// Kernels of ostree deployments that no boot entry names yet: staged.
     pub staged: BTreeSet<KernelRelease>,
+    /// The ostree deployment directory each deployment kernel boots (the upgrade
+    /// preflight reads its modules and modprobe.d); other kernels boot the running root.
+    pub deployments: BTreeMap<KernelRelease, PathBuf>,
     /// Whether every source could be read: only then may refs of other kernels be pruned.
     pub complete: bool,
 }
@@ -67,10 +70,15 @@ impl BootableSources<'_> {
             self.entries,
             boot_entry_kernels(self.entries),
         );
+        let mut dirs = vec![];
         let deployments = note(
             "ostree deployments",
             self.ostree_deploy,
-            ostree_deployment_kernels(self.ostree_deploy),
+            ostree_deployment_kernels(self.ostree_deploy).map(|v| {
+                let kernels = v.iter().map(|(k, _)| k.clone()).collect();
+                dirs = v;
+                kernels
+            }),
         );
         let installed = note(
             "installed kernels",
@@ -82,6 +90,7 @@ impl BootableSources<'_> {
             .filter(|k| !entries.contains(k))
             .cloned()
             .collect();
+        out.deployments = dirs.into_iter().collect();
         out.kernels.extend(entries);
         out.kernels.extend(deployments);
         out.kernels.extend(installed);
@@ -111,9 +120,9 @@ fn installed_kernels(dir: &Path) -> std::io::Result<Vec<KernelRelease>> {
     Ok(out)
 }
 
-/// The kernels of every deployment of every OS under `deploy_dir`; none when it does not
-/// exist (not an ostree system).
-fn ostree_deployment_kernels(deploy_dir: &Path) -> std::io::Result<Vec<KernelRelease>> {
+/// The kernels of every deployment of every OS under `deploy_dir`, with the deployment's
+/// directory; none when it does not exist (not an ostree system).
+fn ostree_deployment_kernels(deploy_dir: &Path) -> std::io::Result<Vec<(KernelRelease, PathBuf)>> {
     let oses = match std::fs::read_dir(deploy_dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -129,12 +138,13 @@ fn ostree_deployment_kernels(deploy_dir: &Path) -> std::io::Result<Vec<KernelRel
         for d in deployments.flatten() {
             // `<checksum>.<serial>` directories; `<checksum>.<serial>.origin` files beside them.
             if d.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(installed_kernels(&d.path().join("usr/lib/modules"))?);
+                let ks = installed_kernels(&d.path().join("usr/lib/modules"))?;
+                out.extend(ks.into_iter().map(|k| (k, d.path())));
             }
         }
     }
     out.sort();
-    out.dedup();
+    out.dedup_by(|a, b| a.0 == b.0);
     Ok(out)
 }
 

@@ -80,6 +80,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", default_value = crate::bootable::MODULES_DIR)]
     pub modules_dir: PathBuf,
 
+    /// The loader, whose dry run for each other bootable kernel is the upgrade preflight
+    /// [default: kmod-day1-load beside this binary]
+    #[arg(long, value_name = "FILE")]
+    pub loader: Option<PathBuf>,
+
     /// The stop step at shutdown: fetch only what the kernels the node boots next lack, never
     /// reboot; does nothing unless systemd is shutting the system down.
     #[arg(long)]

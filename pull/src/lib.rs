@@ -32,6 +32,7 @@ mod sigstore;
 mod store;
 mod tree_fetch;
 mod trust;
+mod upgrade_preflight;
 mod verify;
 
 pub use cli::Cli;

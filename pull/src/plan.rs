@@ -223,6 +223,7 @@ mod tests {
         let bootable = BootableKernels {
             kernels: [kernel("6.1.0-28-amd64"), running.clone()].into(),
             staged: BTreeSet::new(),
+            deployments: Default::default(),
             complete: true,
         };
         let p = plan(&configs, &running, &bootable, false);

@@ -187,6 +187,7 @@ mod tests {
             sets: vec![SetStatus::new("c", "s", state)],
             errors: vec![],
             total_us: 0,
+            preflight: None,
         }
     }
 

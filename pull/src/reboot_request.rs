@@ -246,6 +246,7 @@ mod tests {
                 sets: vec![SetStatus::new("99-kmod", "e1000", loader_state)],
                 errors: vec![],
                 total_us: 0,
+                preflight: None,
             };
             let status_file = dir.path().join("status.json");
             write_json_atomic(&status_file, &status).unwrap();

@@ -25,6 +25,7 @@ use crate::registries_d::RegistriesD;
 use crate::round::pull_round;
 use crate::store::Store;
 use crate::trust::Trust;
+use crate::upgrade_preflight::{default_loader, preflight_next_boots, PreflightInputs};
 
 /// A configuration problem found before touching anything (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         BootableKernels {
             kernels: cli.kernel_release.iter().cloned().collect(),
             staged: BTreeSet::new(),
+            deployments: Default::default(),
             complete: false,
         }
     } else {
@@ -115,6 +117,17 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
     }
     let round = pull_round(&mut puller, &plan.jobs).await;
     collect_garbage(&store, &plan, &configs);
+    if !named {
+        let loader = cli.loader.clone().unwrap_or_else(default_loader);
+        let inputs = PreflightInputs {
+            loader: &loader,
+            config_dir: &cli.config_dir,
+            store: store.layout(),
+            cmdline: &cli.cmdline,
+            modules_dir: &cli.modules_dir,
+        };
+        preflight_next_boots(&inputs, &kernel, &bootable);
+    }
 
     let boot_id = boot_id(&cli.boot_id)
         .inspect_err(|e| warn!("{e}; no reboot this run"))

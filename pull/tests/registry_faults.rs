@@ -4,10 +4,11 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Node, K, K2};
-use kmod_day1_contract::SetState;
+use kmod_day1_contract::{SetState, UpgradePreflight};
 use kmod_day1_test_registry::{Auth, Compression, Fault, Image, Layer, RawEntry, Registry};
 
 const REPO: &str = "kmod/e1000";
@@ -991,4 +992,89 @@ fn a_reboot_that_cannot_be_asked_for_is_not_recorded() {
             .unwrap();
     assert!(guard.reboots.is_empty(), "{guard:?}");
     assert_eq!(node.last_pull().reboot, "failed");
+}
+
+/// The loader binary of this workspace (built here if need be): the upgrade preflight is its
+/// dry run.
+fn loader_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "kmod-day1-load"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building kmod-day1-load");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/kmod-day1-load")
+}
+
+#[test]
+fn the_upgrade_preflight_is_the_loaders_dry_run_for_the_staged_kernel() {
+    let reg = Registry::start().unwrap();
+    let (node, _) = setup(&reg);
+    node.run(30).expect(0).says("committed");
+    // A staged OS update to K2, whose image holds no loadable module (a text file named
+    // e1000.ko): the loader's dry run refuses it, and the pull says so before the reboot.
+    reg.push_image(REPO, K2, &kmod_image(K2, "not a module"));
+    let deployment = node.path("ostree-deploy/rhcos/deploy/0123abcd.1");
+    let modules = deployment.join(format!("usr/lib/modules/{K2}"));
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::write(modules.join("vmlinuz"), "").unwrap();
+    std::fs::write(modules.join("modules.dep"), "").unwrap();
+    let loader = loader_binary();
+    let out = node
+        .command(30)
+        .args(["--at-shutdown", "--assume-shutdown", "--loader"])
+        .arg(&loader)
+        .output()
+        .unwrap();
+    common::Run::from(out).expect(0).says(&format!(
+        "upgrade preflight: the node will boot {K2} (a staged OS update) on the in-tree driver for 99-kmod/e1000: preflight:"
+    ));
+    let record: UpgradePreflight = serde_json::from_str(
+        &std::fs::read_to_string(node.store().join(format!("preflight/{K2}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record.kernel_release, K2);
+    assert_eq!(record.root, deployment.display().to_string());
+    assert_eq!(record.error, None);
+    assert_eq!(record.sets.len(), 1);
+    assert_eq!(record.sets[0].state, "failed");
+
+    // Staged to a kernel the registry has no image for: the line names the image.
+    let k3 = "6.1.0-29-amd64";
+    let modules = node.path(&format!(
+        "ostree-deploy/rhcos/deploy/4567ef.2/usr/lib/modules/{k3}"
+    ));
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::write(modules.join("vmlinuz"), "").unwrap();
+    let out = node
+        .command(30)
+        .args(["--at-shutdown", "--assume-shutdown", "--loader"])
+        .arg(&loader)
+        .output()
+        .unwrap();
+    common::Run::from(out).says(&format!(
+        "the node will boot {k3} (a staged OS update) on the in-tree driver for 99-kmod/e1000: no image for it is stored from {}/{REPO}:{k3}",
+        reg.host()
+    ));
+
+    // A loader that cannot run: recorded as such, the pull goes on.
+    let out = node
+        .command(30)
+        .args([
+            "--at-shutdown",
+            "--assume-shutdown",
+            "--loader",
+            "/nonexistent/kmod-day1-load",
+        ])
+        .output()
+        .unwrap();
+    common::Run::from(out).says("cannot run it");
+    let record: UpgradePreflight = serde_json::from_str(
+        &std::fs::read_to_string(node.store().join(format!("preflight/{k3}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(record.error.unwrap().contains("cannot run it"));
 }

@@ -98,6 +98,7 @@ impl Node {
             sets: vec![SetStatus::new("99-kmod", "e1000", state)],
             errors: vec![],
             total_us: 0,
+            preflight: None,
         };
         std::fs::write(self.path("status.json"), serde_json::to_string(&s).unwrap()).unwrap();
     }
