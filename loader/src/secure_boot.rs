@@ -7,11 +7,13 @@
 //! (`/sys/kernel/security/lockdown`), which refuses unsigned modules too.
 //!
 //! Trusted keys: the keys of `.builtin_trusted_keys`, `.secondary_trusted_keys`, `.machine`
-//! (MOK, linked into the secondary keyring) and `.platform` (UEFI db, which the kernel also
-//! tries for modules), found through `/proc/keys` (serial, type, description) and the
-//! keyrings' member lists (`keyctl(KEYCTL_READ)`, which root may do on these keyrings): a
-//! key listed in `/proc/keys` but in none of them (anyone can add an `asymmetric` key to
-//! their own keyring) does not count. A key's description is `<subject>: <id>`, the id being
+//! (MOK, linked into the secondary keyring) and `.platform` (UEFI db; upstream kernels check
+//! module signatures against the secondary keyring only and use `.platform` for kexec, but
+//! a matching key there errs on the safe side: the kernel decides), found through
+//! `/proc/keys` (serial, type, description) and the keyrings' member lists
+//! (`keyctl(KEYCTL_READ)`, which root may do on these keyrings): a key listed in
+//! `/proc/keys` but in none of them (anyone can add an `asymmetric` key to their own
+//! keyring) does not count. A key's description is `<subject>: <id>`, the id being
 //! the certificate's subjectKeyIdentifier in hex (its serial when it has none).
 //!
 //! Matching a module's signer, soundly where the facts allow:
