@@ -159,6 +159,27 @@ fn a_kernel_the_store_lacks_is_refused() {
     }
 }
 
+/// `--output-file` with a bare file name writes it in the current directory.
+#[test]
+fn a_bare_output_file_name_is_written_in_the_current_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = root().join("examples/e1000.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_mcgen"))
+        .args([
+            "-o",
+            "node-config",
+            "--output-file",
+            "99-worker-kmod-e1000.json",
+            "-f",
+        ])
+        .arg(&spec)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.path().join("99-worker-kmod-e1000.json").is_file());
+}
+
 #[test]
 fn node_config_is_the_config_file_the_node_gets() {
     let out = mcgen(&["-f", "examples/e1000.yaml", "-o", "node-config"]);
