@@ -271,13 +271,14 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     }
     let count = |s: SetState| status.sets.iter().filter(|x| x.state == s).count();
     info!(
-        "done in {} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed; exit code {}",
+        "done in {} ms: {} loaded, {} not stored, {} skipped, {} without image, {} failed, {} not bound; exit code {}",
         ms(started.elapsed()),
         count(SetState::Loaded),
         count(SetState::NotStored),
         count(SetState::Skipped),
         count(SetState::NoImage),
         count(SetState::Failed),
+        count(SetState::NotBound),
         exit.code(),
     );
     Ok(exit)

@@ -119,6 +119,11 @@ impl Lab {
             specs.push(spec("kd1/broken", vec![&m.e1000_broken], vec![]));
             specs.push(spec("kd1/failinit", vec![&m.e1000, &m.kd1_fail], vec![]));
             specs.push(spec(
+                "kd1/e1000-no-nic-id",
+                vec![&m.e1000_no_nic_id],
+                vec![],
+            ));
+            specs.push(spec(
                 "kd1/bench",
                 m.bench.iter().map(PathBuf::as_path).collect(),
                 vec![],

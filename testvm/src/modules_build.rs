@@ -6,7 +6,9 @@
 //!   distinct `MODULE_VERSION` and a log marker: the network-driver replacement case;
 //! - `kd1_dep`, `kd1_main` (depends on `kd1_dep`, takes parameters, requests a firmware
 //!   file), `kd1_fail` (init fails: forces a rollback), `kd1_bench0..9` (for the bench);
-//! - `e1000` again with a wrong vermagic: the broken module.
+//! - `e1000` again with a wrong vermagic: the broken module;
+//! - `e1000` without the VM NIC's device ID (`0x100E`, QEMU's e1000) in its table: it loads
+//!   and binds nothing (`nic-not-bound`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ pub const OOT_E1000_VERSION: &str = "7.3.21-k8-NAPI-kmodday1";
 
 /// Printed by the out-of-tree e1000 when it loads.
 pub const OOT_E1000_MARKER: &str = "kmodday1: out-of-tree e1000";
+
+/// The device ID of QEMU's e1000 (82540EM), taken out of the no-NIC-ID build's table.
+pub const VM_NIC_ID: &str = "0x100E";
 
 /// Number of bench modules.
 pub const BENCH_MODULES: usize = 10;
@@ -52,6 +57,8 @@ pub struct KernelModules {
     pub e1000: PathBuf,
     /// e1000 with a vermagic for another kernel.
     pub e1000_broken: PathBuf,
+    /// e1000 without [`VM_NIC_ID`] in its device table.
+    pub e1000_no_nic_id: PathBuf,
     /// Exports `kd1_dep_answer`.
     pub kd1_dep: PathBuf,
     /// Uses it; parameters `level`, `greeting`; firmware `kd1/kd1-fw.bin`.
@@ -196,7 +203,7 @@ fn build_for_kernel(
     release: &str,
 ) -> Result<KernelModules> {
     let fixtures: Vec<&str> = FIXTURES.iter().map(|(_, t)| *t).collect();
-    let mut parts = vec!["modules v1", release, pkg, OOT_E1000_VERSION];
+    let mut parts = vec!["modules v2", release, pkg, OOT_E1000_VERSION, VM_NIC_ID];
     parts.extend(fixtures.iter().copied());
     let dir = dirs
         .cache
@@ -240,11 +247,16 @@ fn build_for_kernel(
     std::fs::create_dir_all(&broken)?;
     let broken_ko = broken.join("e1000.ko");
     write_wrong_vermagic(&e1000.join("e1000.ko"), &broken_ko, release)?;
+    let no_id = tmp.join("e1000-no-nic-id");
+    run(Command::new("cp").arg("-a").arg(e1000_src).arg(&no_id))?;
+    drop_device_id(&no_id.join("e1000_main.c"), VM_NIC_ID)?;
+    kbuild(&kdir, &no_id)?;
     let final_path = |p: PathBuf| dir.join(p.strip_prefix(&tmp).expect("under tmp"));
     let m = KernelModules {
         release: release.to_owned(),
         e1000: final_path(e1000.join("e1000.ko")),
         e1000_broken: final_path(broken_ko),
+        e1000_no_nic_id: final_path(no_id.join("e1000.ko")),
         kd1_dep: final_path(kd1.join("kd1_dep.ko")),
         kd1_main: final_path(kd1.join("kd1_main.ko")),
         kd1_fail: final_path(kd1.join("kd1_fail.ko")),
@@ -260,6 +272,20 @@ fn build_for_kernel(
         started.elapsed().as_secs()
     );
     Ok(m)
+}
+
+/// Removes the `INTEL_E1000_ETHERNET_DEVICE(<id>),` line from e1000's PCI ID table.
+fn drop_device_id(main_c: &Path, id: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(main_c).with_context(|| format!("reading {}", main_c.display()))?;
+    let line = format!("\tINTEL_E1000_ETHERNET_DEVICE({id}),\n");
+    if !text.contains(&line) {
+        bail!(
+            "{} has no line {line:?}: the device-ID patch needs updating for this kernel source",
+            main_c.display()
+        );
+    }
+    write_file(main_c, text.replacen(&line, "", 1))
 }
 
 fn kbuild(kdir: &str, dir: &Path) -> Result<()> {
@@ -313,6 +339,20 @@ pub fn check(m: &KernelModules) -> Result<()> {
     let vm = modinfo(&m.e1000_broken, "vermagic")?;
     if vm.starts_with(&m.release) {
         bail!("{} still has vermagic {vm:?}", m.e1000_broken.display());
+    }
+    // modinfo prints aliases upper-case hex: pci:v00008086d0000100Esv*...
+    let nic = format!("d0000{}sv", VM_NIC_ID.trim_start_matches("0x"));
+    let aliases = modinfo(&m.e1000, "alias")?;
+    let without = modinfo(&m.e1000_no_nic_id, "alias")?;
+    if !aliases.contains(&nic)
+        || without.contains(&nic)
+        || without.lines().count() + 1 != aliases.lines().count()
+    {
+        bail!(
+            "{} should have exactly the aliases of {} but {nic}",
+            m.e1000_no_nic_id.display(),
+            m.e1000.display()
+        );
     }
     let deps = modinfo(&m.kd1_main, "depends")?;
     if deps != "kd1_dep" {

@@ -9,6 +9,7 @@ pub mod facts;
 pub mod journal_priorities;
 pub mod modprobe_config;
 pub mod multi_modules;
+pub mod nic_not_bound;
 pub mod policy_reject;
 pub mod power_cut;
 pub mod registry_down;
@@ -34,6 +35,7 @@ pub const NAMES: &[&str] = &[
     "journal-priorities",
     "modprobe-config",
     "registry-down",
+    "nic-not-bound",
     "power-cut",
     "policy-reject",
 ];
@@ -179,6 +181,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         let t = Instant::now();
         reports.push(registry_down::run(lab).unwrap_or_else(|e| failed("registry-down", &e)));
         info!("registry-down node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("nic-not-bound") {
+        let t = Instant::now();
+        reports.push(nic_not_bound::run(lab).unwrap_or_else(|e| failed("nic-not-bound", &e)));
+        info!("nic-not-bound node: {:.0} s", t.elapsed().as_secs_f64());
     }
     if wants("power-cut") {
         let t = Instant::now();
