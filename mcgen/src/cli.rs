@@ -10,7 +10,7 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use crate::{
     containerfile, disruption_policy_yaml, field_manager, parse_spec, prestage_yaml, Day1Config,
     Delivery, Error, Generator, IgnitionVersion, KmmArgs, NodeImage, NodeSelector, OnChange,
-    DEFAULT_MAX_BYTES, MAX_ENTRIES, NAMESPACE,
+    Remediation, DEFAULT_MAX_BYTES, MAX_ENTRIES, NAMESPACE,
 };
 
 /// What mcgen writes.
@@ -35,6 +35,10 @@ pub enum OutputFormat {
     /// The MachineConfiguration/cluster node disruption policy (YAML for server-side apply) of
     /// the MachineConfig's files and units (--on-change).
     DisruptionPolicy,
+    /// An ACM Policy, Placement and PlacementBinding (YAML for the hub) that put the prestage
+    /// objects, then the MachineConfig once stored on every node, then (with --on-change) the
+    /// disruption policy on the spokes of --cluster-selector.
+    AcmPolicy,
 }
 
 /// How the node binaries reach the node.
@@ -194,6 +198,30 @@ pub struct Cli {
     #[arg(long, value_name = "KEY=VALUE")]
     pub node_selector: Vec<String>,
 
+    /// A single-node spoke or cluster: the MachineConfig and the prestage go to the `master`
+    /// pool, its only pool, whatever the spec says
+    #[arg(long)]
+    pub single_node: bool,
+
+    /// With --output acm-policy: ManagedCluster labels of the spokes, KEY=VALUE (repeat; all
+    /// must match)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub cluster_selector: Vec<String>,
+
+    /// With --output acm-policy: what the templates that write objects do [default: inform]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub remediation_action: Option<Remediation>,
+
+    /// With --output acm-policy: the hub namespace of the Policy, Placement and
+    /// PlacementBinding (bound to a ManagedClusterSet)
+    #[arg(long, value_name = "NS", default_value = "kmod-day1")]
+    pub policy_namespace: String,
+
+    /// Migrate: read a MachineConfig made by KMM (day1-utility or BootModuleConfig) and write
+    /// the equivalent kmod-day1 spec, headed by what to remove
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "kmm", "output", "single_node"])]
+    pub from_kmm_machineconfig: Option<PathBuf>,
+
     /// OS image the Containerfile layers onto (else it takes --build-arg BASE_IMAGE)
     #[arg(long, value_name = "IMAGE")]
     pub base_image: Option<String>,
@@ -221,6 +249,15 @@ fn read_spec(path: &Path) -> Result<String, Error> {
 
 impl Cli {
     pub(crate) fn config(&self) -> Result<(Day1Config, Vec<String>), Error> {
+        let (config, warnings) = self.config_as_given()?;
+        Ok(crate::acm_policy::single_node(
+            config,
+            warnings,
+            self.single_node,
+        ))
+    }
+
+    fn config_as_given(&self) -> Result<(Day1Config, Vec<String>), Error> {
         Ok(match &self.spec {
             Some(path) => parse_spec(&read_spec(path)?, &path.display().to_string())?,
             None => {
@@ -286,7 +323,8 @@ impl Cli {
                 OutputFormat::NodeConfig | OutputFormat::Initrd => DeliveryArg::Layered,
                 OutputFormat::Machineconfig
                 | OutputFormat::Prestage
-                | OutputFormat::DisruptionPolicy => {
+                | OutputFormat::DisruptionPolicy
+                | OutputFormat::AcmPolicy => {
                     return Err(Error::Invalid(
                         "say how the node binaries reach the nodes: --node-image REF@sha256:<digest> (the node image of `make node-image`, installed with the node's podman), --delivery layered (in the OS image, built with --output containerfile) or --delivery embedded (inside the MachineConfig, when it stays under --max-bytes)".into(),
                     ))
@@ -317,12 +355,25 @@ impl Cli {
 
     /// Renders the requested output; `notes` receives lines for stderr.
     pub fn render(&self, notes: &mut Vec<String>) -> Result<String, Error> {
+        if let Some(path) = &self.from_kmm_machineconfig {
+            return crate::kmm_migration::migrate_file(path, notes);
+        }
         if let Some(text) = self.render_install_time()? {
             return Ok(text);
         }
         if let Some(b) = &self.base_image {
             kmod_day1_contract::ImageRef::parse(b)
                 .map_err(|e| Error::Invalid(format!("--base-image: {e}")))?;
+        }
+        if self.output != OutputFormat::AcmPolicy
+            && (!self.cluster_selector.is_empty() || self.remediation_action.is_some())
+        {
+            return Err(Error::Invalid(
+                "--cluster-selector and --remediation-action go with --output acm-policy".into(),
+            ));
+        }
+        if self.output == OutputFormat::AcmPolicy {
+            return self.acm_policy(notes);
         }
         if self.output == OutputFormat::Prestage {
             return self.prestage(notes);
@@ -363,7 +414,7 @@ impl Cli {
             }
             OutputFormat::Containerfile => Ok(containerfile(self.base_image.as_deref())),
             OutputFormat::NodeConfig | OutputFormat::Initrd => unreachable!("rendered above"),
-            OutputFormat::Prestage => unreachable!("rendered above"),
+            OutputFormat::Prestage | OutputFormat::AcmPolicy => unreachable!("rendered above"),
             OutputFormat::DisruptionPolicy => {
                 let on_change = self.on_change.expect("checked above");
                 let (yaml, n) =
@@ -400,6 +451,85 @@ impl Cli {
             config.name,
             config.pool.as_str(),
             config.name
+        ));
+        Ok(yaml)
+    }
+}
+
+impl Cli {
+    fn acm_policy(&self, notes: &mut Vec<String>) -> Result<String, Error> {
+        if self.node_image.is_none() {
+            return Err(Error::Invalid(
+                "--output acm-policy carries the prestage, which runs the node image on every node: give --node-image REF@sha256:<digest> (`make node-image` prints the digest)".into(),
+            ));
+        }
+        if self.cluster_selector.is_empty() {
+            return Err(Error::Invalid(
+                "--output acm-policy needs --cluster-selector KEY=VALUE (the ManagedCluster labels of the spokes): a Placement without one takes every cluster of the bound cluster sets".into(),
+            ));
+        }
+        let cluster_selector = NodeSelector::parse(&self.cluster_selector).map_err(|e| {
+            Error::Invalid(
+                e.to_string()
+                    .replace("--node-selector", "--cluster-selector"),
+            )
+        })?;
+        let (generator, warnings) = self.generator()?;
+        notes.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+        let config = generator.config();
+        let Delivery::Image { node_image } = &generator.delivery else {
+            return Err(Error::Invalid(
+                "--output acm-policy goes with the image delivery (--node-image, no --delivery): the prestage installs the binaries of that image".into(),
+            ));
+        };
+        let selector = if self.node_selector.is_empty() {
+            NodeSelector::for_pool(config.pool.as_str())
+        } else {
+            NodeSelector::parse(&self.node_selector)?
+        };
+        let ignition = generator.ignition()?;
+        // The size check of the MachineConfig on its own.
+        generator.machine_config_yaml()?;
+        let machine_config = serde_json::to_value(crate::MachineConfig::new(
+            config.name.as_str(),
+            config.pool.as_str(),
+            ignition.clone(),
+        ))
+        .expect("JSON serializes");
+        let disruption_policy = match self.on_change {
+            Some(on_change) => Some(crate::disruption_policy(&ignition, on_change)?.0),
+            None => None,
+        };
+        let content = crate::PolicyContent {
+            prestage: crate::prestage_objects(config, node_image, &selector)?,
+            machine_config,
+            disruption_policy,
+        };
+        let options = crate::AcmPolicyOptions {
+            namespace: self.policy_namespace.clone(),
+            remediation: self.remediation_action.unwrap_or(Remediation::Inform),
+            cluster_selector,
+        };
+        let names = crate::PolicyNames::new(config, &options.namespace)?;
+        let yaml = crate::acm_policy_yaml(config, content, &options)?;
+        if yaml.len() > self.max_bytes {
+            return Err(Error::TooLarge(format!(
+                "the ACM policy of {} would be {} bytes, above the {}-byte limit (--max-bytes): the hub stores it and a copy per spoke in etcd",
+                config.name,
+                yaml.len(),
+                self.max_bytes
+            )));
+        }
+        notes.push(format!(
+            "ACM policy {}/{} for pool {} (replicated as {}, {} of {} characters): {} bytes (limit {}); `oc apply -f` it on the hub, in a namespace bound to a ManagedClusterSet",
+            options.namespace,
+            names.policy,
+            config.pool.as_str(),
+            names.replicated,
+            names.replicated.len(),
+            crate::acm_policy::MAX_REPLICATED_NAME,
+            yaml.len(),
+            self.max_bytes
         ));
         Ok(yaml)
     }

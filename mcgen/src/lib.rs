@@ -19,6 +19,7 @@
 //! assert!(yaml.contains("machineconfiguration.openshift.io/role: worker"));
 //! ```
 
+mod acm_policy;
 mod bundle;
 mod cli;
 mod containerfile;
@@ -31,6 +32,7 @@ pub mod initramfs_content;
 mod initrd;
 mod install_time;
 mod kmm;
+mod kmm_migration;
 mod machineconfig;
 mod node_binaries;
 mod node_image;
@@ -40,6 +42,10 @@ mod units;
 
 use std::path::PathBuf;
 
+pub use acm_policy::{
+    acm_policy_objects, acm_policy_yaml, content_hash, AcmPolicyOptions, PolicyContent,
+    PolicyNames, Remediation, CONTENT_ANNOTATION,
+};
 pub use bundle::{Bundle, NodeEntry};
 pub use cli::{run, Cli, OutputFormat};
 pub use containerfile::containerfile;
@@ -54,6 +60,7 @@ pub use image_delivery::{
     NODE_BINARIES_RECORD,
 };
 pub use kmm::{produce_machine_config, KmmArgs};
+pub use kmm_migration::{migrate, Migration, Removal};
 pub use machineconfig::MachineConfig;
 pub use node_binaries::{embed_node_binaries, EmbeddedBinary};
 pub use node_image::{

@@ -56,7 +56,7 @@ impl NodeSelector {
         Ok(Self(out))
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         Value::Object(
             self.0
                 .iter()

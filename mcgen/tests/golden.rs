@@ -38,6 +38,11 @@ fn cases() -> Vec<(&'static str, String)> {
         ("e1000.disruption-policy.reboot.yaml", format!("-f examples/e1000.yaml -o disruption-policy --on-change reboot --node-image {NODE_IMAGE}")),
         ("e1000.bundle.ignition.json", format!("-f examples/e1000.yaml -o ignition --delivery layered --bundle {BUNDLE}")),
         ("e1000.bundle.machineconfig.yaml", format!("-f examples/e1000.yaml --node-image {NODE_IMAGE} --bundle {BUNDLE} --kernel-release 5.14.0-427.13.1.el9_4.x86_64")),
+        ("e1000.acm-policy.yaml", format!("-f examples/e1000.yaml -o acm-policy --node-image {NODE_IMAGE} --cluster-selector kmod-day1=e1000")),
+        ("e1000.acm-policy.sno.yaml", format!("-f examples/e1000.yaml -o acm-policy --node-image {NODE_IMAGE} --single-node --remediation-action enforce --on-change next-boot --cluster-selector kmod-day1=e1000 --cluster-selector sno=true --policy-namespace ztp-kmods")),
+        ("kmm-migration.day1-utility.yaml", "--from-kmm-machineconfig mcgen/tests/fixtures/kmm/day1-utility.yaml".into()),
+        ("kmm-migration.day1-utility-2024.yaml", "--from-kmm-machineconfig mcgen/tests/fixtures/kmm/day1-utility-2024.yaml".into()),
+        ("kmm-migration.bmc.yaml", "--from-kmm-machineconfig mcgen/tests/fixtures/kmm/bmc.yaml".into()),
         ("layered.Containerfile", "-f examples/e1000.yaml -o containerfile --base-image quay.io/openshift-release-dev/rhcos:4.16".into()),
         ("layered-no-base.Containerfile", "-f examples/e1000.yaml -o containerfile".into()),
     ]

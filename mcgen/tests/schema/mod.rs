@@ -9,7 +9,17 @@
 //!   RollingUpdateDaemonSet), rbac/v1/types.go (RoleBinding, Subject, RoleRef),
 //! - kubernetes/apimachinery meta/v1 (ObjectMeta, LabelSelector),
 //! - openshift/api operator/v1/types_machineconfiguration.go (MachineConfiguration,
-//!   NodeDisruptionPolicyConfig and its files, units and actions).
+//!   NodeDisruptionPolicyConfig and its files, units and actions), machineconfiguration/v1
+//!   types.go (MachineConfig, MachineConfigPool status.configuration),
+//! - open-cluster-management-io/governance-policy-propagator api/v1 policy_types.go (Policy,
+//!   PolicyTemplate, PolicyDependency) and placementbinding_types.go (PlacementBinding,
+//!   PlacementSubject, Subject), open-cluster-management-io/api cluster/v1beta1
+//!   types_placement.go (Placement, ClusterPredicate, ClusterSelector, Toleration),
+//!   open-cluster-management-io/config-policy-controller api/v1
+//!   configurationpolicy_types.go (ConfigurationPolicy, ObjectTemplate).
+//!
+//! An `objectDefinition` is `x-kubernetes-preserve-unknown-fields` upstream ([`S::Any`]):
+//! [`check_object`] checks each one against the schema of its own kind.
 //!
 //! Only the fields of those types are listed that a kmod-day1 output may use plus their
 //! siblings commonly set; a field outside the list fails the check, as `oc apply
@@ -33,6 +43,8 @@ pub enum S {
     List(Box<S>),
     /// Fields: (json name, schema, required).
     Obj(Vec<(&'static str, S, bool)>),
+    /// Any JSON value (`x-kubernetes-preserve-unknown-fields`).
+    Any,
 }
 
 use S::*;
@@ -53,7 +65,7 @@ fn map(s: S) -> S {
 /// Checks `v` against `s`; problems are pushed as "path: what".
 pub fn check(v: &Value, s: &S, path: &str, problems: &mut Vec<String>) {
     match (s, v) {
-        (Str, Value::String(_)) | (Bool, Value::Bool(_)) => {}
+        (Any, _) | (Str, Value::String(_)) | (Bool, Value::Bool(_)) => {}
         (Int, Value::Number(n)) if n.is_i64() => {}
         (IntOrStr, Value::String(_)) => {}
         (IntOrStr, Value::Number(n)) if n.is_i64() => {}
@@ -285,9 +297,248 @@ fn pod_spec() -> S {
     ])
 }
 
+fn policy_dependency() -> S {
+    Obj(vec![
+        req("apiVersion", Str),
+        req("kind", Str),
+        req("name", Str),
+        opt("namespace", Str),
+        req(
+            "compliance",
+            Enum(&["Compliant", "Pending", "NonCompliant"]),
+        ),
+    ])
+}
+
+const REMEDIATION: &[&str] = &["Inform", "inform", "Enforce", "enforce"];
+
+fn object_template() -> S {
+    Obj(vec![
+        req(
+            "complianceType",
+            Enum(&[
+                "MustHave",
+                "Musthave",
+                "musthave",
+                "MustOnlyHave",
+                "Mustonlyhave",
+                "mustonlyhave",
+                "MustNotHave",
+                "Mustnothave",
+                "mustnothave",
+            ]),
+        ),
+        opt(
+            "metadataComplianceType",
+            Enum(&[
+                "MustHave",
+                "Musthave",
+                "musthave",
+                "MustOnlyHave",
+                "Mustonlyhave",
+                "mustonlyhave",
+            ]),
+        ),
+        opt("recreateOption", Enum(&["None", "IfRequired", "Always"])),
+        req("objectDefinition", Any),
+        opt("recordDiff", Enum(&["Log", "InStatus", "None"])),
+        opt("objectSelector", label_selector()),
+    ])
+}
+
 /// The schema of an object by its kind.
 pub fn schema_of(kind: &str) -> Option<S> {
     Some(match kind {
+        "Policy" => Obj({
+            let mut f = type_meta(&["policy.open-cluster-management.io/v1"], &["Policy"]);
+            f.push(req(
+                "spec",
+                Obj(vec![
+                    req("disabled", Bool),
+                    opt("copyPolicyMetadata", Bool),
+                    opt("remediationAction", Enum(REMEDIATION)),
+                    req(
+                        "policy-templates",
+                        list(Obj(vec![
+                            req("objectDefinition", Any),
+                            opt("extraDependencies", list(policy_dependency())),
+                            opt("ignorePending", Bool),
+                        ])),
+                    ),
+                    opt("dependencies", list(policy_dependency())),
+                    opt(
+                        "hubTemplateOptions",
+                        Obj(vec![opt("serviceAccountName", Str)]),
+                    ),
+                ]),
+            ));
+            f
+        }),
+        "PlacementBinding" => Obj({
+            let mut f = type_meta(
+                &["policy.open-cluster-management.io/v1"],
+                &["PlacementBinding"],
+            );
+            f.push(req(
+                "placementRef",
+                Obj(vec![
+                    req(
+                        "apiGroup",
+                        Enum(&[
+                            "apps.open-cluster-management.io",
+                            "cluster.open-cluster-management.io",
+                        ]),
+                    ),
+                    req("kind", Enum(&["PlacementRule", "Placement"])),
+                    req("name", Str),
+                ]),
+            ));
+            f.push(req(
+                "subjects",
+                list(Obj(vec![
+                    req("apiGroup", Enum(&["policy.open-cluster-management.io"])),
+                    req("kind", Enum(&["Policy", "PolicySet"])),
+                    req("name", Str),
+                ])),
+            ));
+            f.push(opt(
+                "bindingOverrides",
+                Obj(vec![opt(
+                    "remediationAction",
+                    Enum(&["Enforce", "enforce"]),
+                )]),
+            ));
+            f.push(opt("subFilter", Enum(&["restricted"])));
+            f
+        }),
+        "Placement" => Obj({
+            let mut f = type_meta(
+                &["cluster.open-cluster-management.io/v1beta1"],
+                &["Placement"],
+            );
+            f.push(req(
+                "spec",
+                Obj(vec![
+                    opt("clusterSets", list(Str)),
+                    opt("numberOfClusters", Int),
+                    opt(
+                        "predicates",
+                        list(Obj(vec![opt(
+                            "requiredClusterSelector",
+                            Obj(vec![
+                                opt("labelSelector", label_selector()),
+                                opt("claimSelector", Obj(vec![opt("matchExpressions", Any)])),
+                                opt("celSelector", Obj(vec![opt("celExpressions", list(Str))])),
+                            ]),
+                        )])),
+                    ),
+                    opt("prioritizerPolicy", Any),
+                    opt("spreadPolicy", Any),
+                    opt(
+                        "tolerations",
+                        list(Obj(vec![
+                            opt("key", Str),
+                            opt("operator", Enum(&["Exists", "Equal"])),
+                            opt("value", Str),
+                            opt(
+                                "effect",
+                                Enum(&["NoSelect", "PreferNoSelect", "NoSelectIfNew"]),
+                            ),
+                            opt("tolerationSeconds", Int),
+                        ])),
+                    ),
+                    opt("decisionStrategy", Any),
+                ]),
+            ));
+            f
+        }),
+        "ConfigurationPolicy" => Obj({
+            let mut f = type_meta(
+                &["policy.open-cluster-management.io/v1"],
+                &["ConfigurationPolicy"],
+            );
+            let interval = || Obj(vec![opt("compliant", Str), opt("noncompliant", Str)]);
+            f.push(req(
+                "spec",
+                Obj(vec![
+                    opt("customMessage", interval()),
+                    opt(
+                        "severity",
+                        Enum(&[
+                            "low", "Low", "medium", "Medium", "high", "High", "critical",
+                            "Critical",
+                        ]),
+                    ),
+                    req("remediationAction", Enum(REMEDIATION)),
+                    opt("evaluationInterval", interval()),
+                    opt(
+                        "pruneObjectBehavior",
+                        Enum(&["DeleteAll", "DeleteIfCreated", "None"]),
+                    ),
+                    opt("namespaceSelector", Any),
+                    opt("object-templates", list(object_template())),
+                    opt("object-templates-raw", Str),
+                ]),
+            ));
+            f
+        }),
+        "MachineConfig" => Obj({
+            let mut f = type_meta(
+                &["machineconfiguration.openshift.io/v1"],
+                &["MachineConfig"],
+            );
+            f.push(opt(
+                "spec",
+                Obj(vec![
+                    opt("osImageURL", Str),
+                    opt("baseOSExtensionsContainerImage", Str),
+                    opt("config", Any),
+                    opt("kernelArguments", list(Str)),
+                    opt("extensions", list(Str)),
+                    opt("fips", Bool),
+                    opt("kernelType", Str),
+                ]),
+            ));
+            f
+        }),
+        "MachineConfigPool" => Obj({
+            let mut f = type_meta(
+                &["machineconfiguration.openshift.io/v1"],
+                &["MachineConfigPool"],
+            );
+            f.push(opt("spec", Any));
+            f.push(opt(
+                "status",
+                Obj(vec![
+                    opt("observedGeneration", Int),
+                    opt(
+                        "configuration",
+                        Obj(vec![
+                            opt("name", Str),
+                            opt(
+                                "source",
+                                list(Obj(vec![
+                                    opt("apiVersion", Str),
+                                    opt("kind", Str),
+                                    opt("name", Str),
+                                    opt("namespace", Str),
+                                    opt("uid", Str),
+                                    opt("resourceVersion", Str),
+                                    opt("fieldPath", Str),
+                                ])),
+                            ),
+                        ]),
+                    ),
+                    opt("machineCount", Int),
+                    opt("updatedMachineCount", Int),
+                    opt("readyMachineCount", Int),
+                    opt("unavailableMachineCount", Int),
+                    opt("degradedMachineCount", Int),
+                    opt("conditions", Any),
+                ]),
+            ));
+            f
+        }),
         "Namespace" => Obj({
             let mut f = type_meta(&["v1"], &["Namespace"]);
             f.push(opt("spec", Obj(vec![opt("finalizers", list(Str))])));
@@ -401,7 +652,8 @@ pub fn schema_of(kind: &str) -> Option<S> {
     })
 }
 
-/// Checks one object against the schema of its kind; returns the problems.
+/// Checks one object against the schema of its kind, and each object it carries (a Policy's
+/// templates, a ConfigurationPolicy's object definitions) against its own; returns the problems.
 pub fn check_object(v: &Value) -> Vec<String> {
     let kind = v["kind"].as_str().unwrap_or("");
     let Some(s) = schema_of(kind) else {
@@ -409,5 +661,31 @@ pub fn check_object(v: &Value) -> Vec<String> {
     };
     let mut problems = vec![];
     check(v, &s, kind, &mut problems);
+    let carried: Vec<&Value> = match kind {
+        "Policy" => v["spec"]["policy-templates"]
+            .as_array()
+            .map(|a| a.iter().map(|t| &t["objectDefinition"]).collect())
+            .unwrap_or_default(),
+        "ConfigurationPolicy" => {
+            let spec = &v["spec"];
+            if spec.get("object-templates").is_some() == spec.get("object-templates-raw").is_some()
+            {
+                problems.push(format!(
+                    "ConfigurationPolicy {}: exactly one of object-templates and object-templates-raw",
+                    v["metadata"]["name"]
+                ));
+            }
+            spec["object-templates"]
+                .as_array()
+                .map(|a| a.iter().map(|t| &t["objectDefinition"]).collect())
+                .unwrap_or_default()
+        }
+        _ => vec![],
+    };
+    for c in carried {
+        for p in check_object(c) {
+            problems.push(format!("{kind} {}: {p}", v["metadata"]["name"]));
+        }
+    }
     problems
 }
