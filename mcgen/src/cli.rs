@@ -80,7 +80,13 @@ Around the MachineConfig: --output prestage writes the objects (Namespace, Servi
 grant, ConfigMap, DaemonSet) that install the binaries of --node-image and store the kmod images \
 on every node of the pool first, so that MCO's drained reboot is the only one; --output \
 disruption-policy writes the MachineConfiguration/cluster entries for its files and units \
-(--on-change reboot|next-boot), for `oc apply --server-side`.";
+(--on-change reboot|next-boot), for `oc apply --server-side`; --output acm-policy puts all of it \
+on the spokes of an ACM hub (--cluster-selector), the MachineConfig only once the prestage has \
+stored the images on every node of the spoke's pool. --single-node targets the master pool.
+
+Migration from KMM's Day 1: --from-kmm-machineconfig FILE reads a MachineConfig made by KMM's \
+day1-utility or BootModuleConfig controller and writes the equivalent spec, headed by the list of \
+KMM's units, scripts, mask and disruption-policy entries to remove.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -89,6 +95,9 @@ Examples:
         --image quay.io/acme/ice-kmod --kernel-module ice --in-tree-modules-to-remove ice
   mcgen -f spec.yaml -o prestage --node-image quay.io/acme/kmod-day1-node@sha256:<digest>
   mcgen -f spec.yaml -o disruption-policy --on-change next-boot --node-image <same>
+  mcgen -f spec.yaml -o acm-policy --node-image <same> --cluster-selector du-profile=ran \\
+        --remediation-action enforce --single-node
+  mcgen --from-kmm-machineconfig kmm-mc.yaml > spec.yaml
   mcgen -f spec.yaml --output ignition --node-binaries target/x86_64-unknown-linux-gnu/release
   mcgen -f spec.yaml --output containerfile --base-image quay.io/openshift/rhcos:4.16
 
