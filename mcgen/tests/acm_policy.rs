@@ -489,3 +489,84 @@ fn bad_input() {
         assert!(stderr.contains("go with --output acm-policy"), "{stderr}");
     }
 }
+
+#[test]
+fn the_gate_is_a_well_formed_go_template() {
+    let (objects, _) = policy_for(&[]);
+    let t = templates(&objects[0]);
+    let gate = t[1].1["spec"]["object-templates-raw"].as_str().unwrap();
+    // Every action is closed on its line, and every block (if, with, range) has its end.
+    let mut depth = 0i32;
+    let mut rest = gate;
+    while let Some(open) = rest.find("{{") {
+        let close = rest[open..].find("}}").expect("an action without }}") + open;
+        let action = rest[open + 2..close].trim_start_matches('-').trim();
+        assert!(
+            !action.contains('\n') || action.starts_with("/*"),
+            "{action}"
+        );
+        let word = action.split_whitespace().next().unwrap_or_default();
+        match word {
+            "if" | "with" | "range" => depth += 1,
+            "end" => depth -= 1,
+            _ => {}
+        }
+        assert!(depth >= 0, "an end without a block: {gate}");
+        rest = &rest[close + 2..];
+    }
+    assert_eq!(depth, 0, "a block without an end: {gate}");
+    assert!(!rest.contains("}}"));
+    // Only functions the spoke's template resolver has (Go's own, go-template-utils' lookup).
+    for f in ["lookup", "eq", "index", "gt"] {
+        assert!(gate.contains(&format!("{f} ")), "{f}");
+    }
+    assert!(!gate.contains("{{hub"), "nothing for the hub to resolve");
+}
+
+#[test]
+fn the_schema_check_catches_policy_mistakes() {
+    let (objects, _) = policy_for(&["--on-change", "reboot"]);
+    let problems = |i: usize, edit: &dyn Fn(&mut Value)| {
+        let mut o = objects[i].clone();
+        edit(&mut o);
+        schema::check_object(&o).join("; ")
+    };
+    assert!(
+        problems(0, &|o| o["spec"]["remediationAction"] = "Audit".into()).contains("is not one of")
+    );
+    assert!(problems(0, &|o| {
+        o["spec"].as_object_mut().unwrap().remove("disabled");
+    })
+    .contains("disabled is required"));
+    assert!(problems(0, &|o| o["spec"]["policy-templates"][2]
+        ["extraDependencies"][0]["compliance"] =
+        "Ready".into())
+    .contains("is not one of"));
+    // Inside a template: a ConfigurationPolicy field, an object template, a carried object.
+    assert!(problems(0, &|o| o["spec"]["policy-templates"][0]
+        ["objectDefinition"]["spec"]["pruneObjectBehavior"] =
+        "Never".into())
+    .contains("is not one of"));
+    assert!(problems(0, &|o| o["spec"]["policy-templates"][2]
+        ["objectDefinition"]["spec"]["object-templates"][0]["complianceType"] =
+        "mustHaveOnly".into())
+    .contains("is not one of"));
+    assert!(problems(0, &|o| o["spec"]["policy-templates"][0]
+        ["objectDefinition"]["spec"]["object-templates"][4]["objectDefinition"]
+        ["spec"]["template"]["spec"]["hostNetwork"] =
+        "yes".into())
+    .contains("wrong type"));
+    assert!(problems(0, &|o| o["spec"]["policy-templates"][1]
+        ["objectDefinition"]["spec"]["object-templates"] =
+        serde_json::json!([]))
+    .contains("exactly one of object-templates and object-templates-raw"));
+    assert!(problems(1, &|o| o["spec"]["tolerations"][0]["effect"] =
+        "NoSchedule".into())
+    .contains("is not one of"));
+    assert!(problems(2, &|o| o["subjects"][0]["kind"] =
+        "ConfigurationPolicy".into())
+    .contains("is not one of"));
+    assert!(problems(2, &|o| o["placementRef"]["apiGroup"] =
+        "policy.open-cluster-management.io".into())
+    .contains("is not one of"));
+}
