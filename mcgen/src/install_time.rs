@@ -19,8 +19,7 @@ impl Cli {
         if let (Some(dir), OutputFormat::Machineconfig | OutputFormat::Ignition) =
             (&self.bundle, self.output)
         {
-            let config = self.generator()?.0;
-            let b = self.read_bundle(config.config())?;
+            let b = self.read_bundle(&self.config()?.0)?;
             notes.push(format!(
                 "bundle {}: kernels {}, {} files and links, {} bytes of file contents (the output's size is above)",
                 dir.display(),
