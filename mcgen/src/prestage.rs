@@ -12,6 +12,7 @@
 //! prestaged ones) is stored for the running kernel.
 
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::{image_delivery, Day1Config, Error, NodeImage, IMAGE_BIN_DIR, IMAGE_SHELL};
 
@@ -25,6 +26,11 @@ pub const AGENT_SCRIPT: &str = include_str!("install/kmod-day1-agent.sh");
 const CONFIG_MOUNT: &str = "/etc/kmod-day1-prestage";
 /// Where the host's `/` is mounted in the agent's containers.
 const HOST_MOUNT: &str = "/host";
+/// The pod template's annotation holding the sha256 of the config to come. The init container
+/// records that config once per pod, so a new config (a kmod update) must change the pod
+/// template: the DaemonSet then rolls its pods, 10% at a time, and each records the new config.
+/// Without it a re-applied ConfigMap would reach the mounted files but never `prestaged/`.
+pub const PRESTAGED_CONFIG_ANNOTATION: &str = "kmod-day1.io/prestaged-config-sha256";
 
 /// Label selectors of the nodes the DaemonSet runs on: `key=value` pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +128,11 @@ pub fn prestage_objects(
         "app.kubernetes.io/part-of": "kmod-day1",
     });
     let config_file = format!("{}.json", config.name);
+    let config_json = config.node.to_json();
+    let config_hash: String = sha2::Sha256::digest(config_json.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let shell = |args: &[&str]| {
         let mut c = vec![IMAGE_SHELL.to_owned(), "sh".to_owned()];
         c.extend(args.iter().map(|a| (*a).to_owned()));
@@ -171,7 +182,7 @@ pub fn prestage_objects(
             "kind": "ConfigMap",
             "metadata": { "name": name, "namespace": NAMESPACE, "labels": labels },
             "data": {
-                config_file: config.node.to_json(),
+                config_file: config_json,
                 "kmod-day1-install.sh": image_delivery::INSTALL_SCRIPT,
                 "kmod-day1-agent.sh": AGENT_SCRIPT,
             },
@@ -185,7 +196,10 @@ pub fn prestage_objects(
                 // A pod is ready once its node stored the images: a wave of 10% at a time.
                 "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "10%" } },
                 "template": {
-                    "metadata": { "labels": labels },
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": { PRESTAGED_CONFIG_ANNOTATION: format!("sha256:{config_hash}") },
+                    },
                     "spec": {
                         "serviceAccountName": SERVICE_ACCOUNT,
                         "nodeSelector": selector.to_json(),

@@ -334,8 +334,8 @@ fn carried_objects_are_the_other_outputs() {
         NODE_IMAGE,
     ]);
     let mut prestage = documents(&prestage);
-    prestage[4]["spec"]["template"]["metadata"]["annotations"] =
-        serde_json::json!({ mcgen::CONTENT_ANNOTATION: hash });
+    prestage[4]["spec"]["template"]["metadata"]["annotations"][mcgen::CONTENT_ANNOTATION] =
+        hash.into();
     let in_policy: Vec<Value> = t[0].1["spec"]["object-templates"]
         .as_array()
         .unwrap()

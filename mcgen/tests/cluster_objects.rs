@@ -443,3 +443,47 @@ fn the_schema_check_catches_mistakes() {
         .unwrap()["memory"] = "64 MB".into())
     .contains("not a quantity"));
 }
+
+#[test]
+fn prestage_pods_roll_on_a_new_config() {
+    use sha2::Digest;
+    let annotation = |spec: &str| -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, spec).unwrap();
+        let (yaml, _) = run(&[
+            "-f",
+            path.to_str().unwrap(),
+            "-o",
+            "prestage",
+            "--node-image",
+            NODE_IMAGE,
+        ]);
+        let objects = documents(&yaml);
+        let config = by_kind(&objects, "ConfigMap")["data"]["99-worker-kmod-e1000.json"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let a = by_kind(&objects, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+            ["kmod-day1.io/prestaged-config-sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (a, config)
+    };
+    let v1 = std::fs::read_to_string(support::root().join("examples/e1000.yaml")).unwrap();
+    let v2 = v1.replace(
+        "image: registry.example.com/kmods/e1000",
+        "image: registry.example.com/kmods/e1000-v2",
+    );
+    assert_ne!(v1, v2);
+    let (a1, config) = annotation(&v1);
+    let hex: String = sha2::Sha256::digest(config.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(a1, format!("sha256:{hex}"));
+    assert_eq!(annotation(&v1).0, a1);
+    // A kmod update changes the pod template, so the DaemonSet rolls and records it.
+    assert_ne!(annotation(&v2).0, a1);
+}
