@@ -148,7 +148,15 @@ fn configuration_policy(
             "pruneObjectBehavior": "None",
             "object-templates": templates
                 .into_iter()
-                .map(|(compliance, o)| json!({ "complianceType": compliance, "objectDefinition": o }))
+                .map(|(compliance, o)| {
+                    let mut t = json!({ "complianceType": compliance, "objectDefinition": o });
+                    if compliance == "mustonlyhave" {
+                        // Labels and annotations others add (the DaemonSet controller's, OpenShift's)
+                        // stay: only the object's content is ours alone.
+                        t["metadataComplianceType"] = "musthave".into();
+                    }
+                    t
+                })
                 .collect::<Vec<_>>(),
         },
     });
@@ -252,8 +260,12 @@ pub fn acm_policy_objects(
     let prestage_templates = prestage
         .into_iter()
         .map(|o| {
-            // The ConfigMap's data is the whole truth; the rest gets server defaults.
-            let compliance = if o["kind"] == "ConfigMap" {
+            // The ConfigMap and the DaemonSet are ours alone: a list merge (musthave) would
+            // keep the items of an older version beside the new ones (the node image in the
+            // command, a dropped volume). The controller compares after a server-side dry run,
+            // so the server's defaults are no difference. The Namespace, ServiceAccount and
+            // RoleBinding get fields from others (OpenShift's SCC annotations, pull secrets).
+            let compliance = if o["kind"] == "ConfigMap" || o["kind"] == "DaemonSet" {
                 "mustonlyhave"
             } else {
                 "musthave"

@@ -320,9 +320,43 @@ fn carried_objects_are_the_other_outputs() {
     let hash = mcgen::content_hash(&mc);
     mc["metadata"]["annotations"] = serde_json::json!({ mcgen::CONTENT_ANNOTATION: hash });
     assert_eq!(carried(&t[2].1, "MachineConfig")[0], &mc);
+    // Objects that are ours alone are exact (no stale list items of an older version), their
+    // labels and annotations merged (others add theirs); the shared ones are merged.
+    let compliance = |template: &Value| -> Vec<(String, String, String)> {
+        template["spec"]["object-templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["objectDefinition"]["kind"].as_str().unwrap().to_owned(),
+                    o["complianceType"].as_str().unwrap().to_owned(),
+                    o["metadataComplianceType"]
+                        .as_str()
+                        .unwrap_or("-")
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let c = |k: &str, t: &str, m: &str| (k.to_owned(), t.to_owned(), m.to_owned());
     assert_eq!(
-        t[2].1["spec"]["object-templates"][0]["complianceType"],
-        "mustonlyhave"
+        compliance(&t[0].1),
+        [
+            c("Namespace", "musthave", "-"),
+            c("ServiceAccount", "musthave", "-"),
+            c("RoleBinding", "musthave", "-"),
+            c("ConfigMap", "mustonlyhave", "musthave"),
+            c("DaemonSet", "mustonlyhave", "musthave"),
+        ]
+    );
+    assert_eq!(
+        compliance(&t[2].1),
+        [c("MachineConfig", "mustonlyhave", "musthave")]
+    );
+    assert_eq!(
+        compliance(&t[4].1),
+        [c("MachineConfiguration", "musthave", "-")]
     );
 
     let (prestage, _) = run(&[
