@@ -96,6 +96,16 @@ pub struct Cli {
     #[arg(long, conflicts_with = "at_shutdown")]
     pub check_stored: bool,
 
+    /// Print the node's kmod-day1 state in the Prometheus text format (the loader's status,
+    /// last-pull.json, reboots.json, the store, the upgrade preflight) and exit.
+    #[arg(long, conflicts_with_all = ["at_shutdown", "check_stored", "serve_metrics"])]
+    pub metrics: bool,
+
+    /// Serve those metrics over HTTP at ADDR (e.g. 0.0.0.0:9750): GET /metrics and
+    /// /healthz, read afresh for each scrape; runs until stopped (the prestage agent's pod).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["at_shutdown", "check_stored"])]
+    pub serve_metrics: Option<std::net::SocketAddr>,
+
     /// Test hook: with --at-shutdown, do not ask systemd whether it is shutting down.
     #[arg(long, hide = true)]
     pub assume_shutdown: bool,

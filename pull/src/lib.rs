@@ -13,6 +13,8 @@ mod exit;
 mod extract;
 mod fetch;
 mod gc;
+mod metrics;
+mod metrics_server;
 #[cfg(test)]
 mod network_props;
 mod plan;

@@ -5,6 +5,7 @@
 //! decision carried out, `last-pull.json`, the exit status).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use kmod_day1_contract::{
@@ -16,6 +17,8 @@ use crate::bootable::{BootableKernels, BootableSources};
 use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::gc::collect_garbage;
+use crate::metrics::{render as render_metrics, MetricsSources};
+use crate::metrics_server::serve as serve_metrics;
 use crate::plan::{plan, Configs};
 use crate::policy::TrustPolicy;
 use crate::puller::Puller;
@@ -35,6 +38,9 @@ pub struct ConfigProblem(pub String);
 /// Runs kmod-day1-pull. `Err` is a problem found before anything was pulled; a
 /// [`ConfigProblem`] or a contract config error there means exit code 2.
 pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
+    if cli.metrics || cli.serve_metrics.is_some() {
+        return metrics_mode(cli).await;
+    }
     let started = Instant::now();
     let hatches = match kernel_command_line(&cli.cmdline) {
         Ok(h) => h,
@@ -155,6 +161,38 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         "done"
     );
     Ok(exit)
+}
+
+/// `--metrics` (print once) and `--serve-metrics` (serve until stopped); the configs and
+/// every state file are read afresh for each scrape.
+async fn metrics_mode(cli: &Cli) -> anyhow::Result<Exit> {
+    let kernel = kernel_release(&cli.osrelease)?;
+    let (status, store) = (cli.status.clone(), StoreLayout::new(&cli.store));
+    let config_dir = cli.config_dir.clone();
+    let render = move || {
+        let (current, bad) = load_config_dir(&config_dir).unwrap_or_default();
+        let configs = Configs {
+            current,
+            prestaged: vec![],
+            bad,
+        };
+        render_metrics(&MetricsSources {
+            status: &status,
+            store: &store,
+            configs: &configs,
+            kernel: &kernel,
+        })
+    };
+    match cli.serve_metrics {
+        Some(addr) => {
+            serve_metrics(addr, Arc::new(render)).await?;
+            Ok(Exit::Ok)
+        }
+        None => {
+            print!("{}", render());
+            Ok(Exit::Ok)
+        }
+    }
 }
 
 /// The configs of `config.d` and the prestaged ones in the store; bad files are logged and
