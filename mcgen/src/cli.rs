@@ -198,7 +198,8 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: usize,
 
-    /// With --output disruption-policy: what a later change of the MachineConfig costs a node
+    /// With --output disruption-policy or acm-policy: what a later change of the MachineConfig
+    /// costs a node
     #[arg(long, value_enum, value_name = "WHEN")]
     pub on_change: Option<OnChange>,
 
