@@ -23,6 +23,8 @@ use crate::verify::Digest;
 pub const MAX_MANIFEST: usize = 4 << 20;
 /// Most layers accepted in an image.
 pub const MAX_LAYERS: usize = 256;
+/// Most bytes of an error answer's body read (for its message).
+const MAX_ERROR_BODY: usize = 4096;
 /// Longest bearer token accepted from a token service (real ones are a few KiB of JWT).
 pub const MAX_TOKEN: usize = 64 << 10;
 
@@ -666,8 +668,22 @@ impl<'a> Repo<'a> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let challenge = challenge_of(&resp);
-            let body = resp.text().await.unwrap_or_default();
-            let mut message: String = body.chars().filter(|c| !c.is_control()).take(300).collect();
+            // The start of the error body, within the deadline: a registry or proxy that
+            // sends an endless or trickling one gets neither memory nor time for it.
+            let mut body = vec![];
+            let mut stream = resp.bytes_stream();
+            while body.len() < MAX_ERROR_BODY {
+                match self.next_chunk(&mut stream, url).await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            body.truncate(MAX_ERROR_BODY);
+            let mut message: String = String::from_utf8_lossy(&body)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
             if status == 401 {
                 message = format!(
                     "{message} (access denied: check the pull secret's entry for {}; WWW-Authenticate {challenge})",
