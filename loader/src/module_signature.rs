@@ -374,6 +374,11 @@ pub(crate) mod tests {
     /// 48:74:66:1B:DE:E5.
     const DEBIAN_E1000_SIG: &[u8] = include_bytes!("../tests/fixtures/debian-6.1.0-57-e1000.sig");
 
+    /// A module image with the signature of Debian's e1000.
+    pub(crate) fn debian_e1000() -> Vec<u8> {
+        module_with(DEBIAN_E1000_SIG)
+    }
+
     fn module_with(sig: &[u8]) -> Vec<u8> {
         let mut m = crate::testutil::fake_ko(&[("name", "x")]);
         m.extend_from_slice(sig);
