@@ -14,6 +14,7 @@ pub mod policy_reject;
 pub mod power_cut;
 pub mod registry_down;
 pub mod report;
+pub mod sig_enforced;
 
 use std::time::Instant;
 
@@ -38,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "nic-not-bound",
     "power-cut",
     "policy-reject",
+    "sig-enforced",
 ];
 
 /// The outcome of a run of scenarios, with the bench timings gathered on the way.
@@ -196,6 +198,11 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         let t = Instant::now();
         reports.push(policy_reject::run(lab).unwrap_or_else(|e| failed("policy-reject", &e)));
         info!("policy-reject node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("sig-enforced") {
+        let t = Instant::now();
+        reports.push(sig_enforced::run(lab).unwrap_or_else(|e| failed("sig-enforced", &e)));
+        info!("sig-enforced node: {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(Outcome {
         reports,
