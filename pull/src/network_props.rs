@@ -7,7 +7,8 @@
 //! functions of this crate that make the requests (`Repo::manifest` and its `Repo::get`, and
 //! `download_blob`), and checks this crate's boundary: no panic, an answer within the deadline
 //! (no hang), and, for nonsense, an error that names the header or the token service.
-//! `Content-Range` is parsed here (`tree_fetch::parse_content_range`).
+//! `Content-Range` is parsed here (`tree_fetch::parse_content_range`). Error answers whose
+//! body floods or trickles without end come from a raw socket server: bounded memory and time.
 
 use std::time::{Duration, Instant};
 
@@ -77,12 +78,17 @@ fn puller() -> Credential {
 /// The manifest of `kmod/e1000:TAG` through `Repo::manifest` (authentication included), and
 /// how long it took.
 fn fetch_manifest(reg: &Registry, cred: Option<Credential>) -> (Result<(), FetchError>, Duration) {
+    fetch_manifest_from(&reg.host(), cred)
+}
+
+/// [`fetch_manifest`] from any `host:port`.
+fn fetch_manifest_from(host: &str, cred: Option<Credential>) -> (Result<(), FetchError>, Duration) {
     let started = Instant::now();
     let res = runtime().block_on(async {
         let deadline = Instant::now() + DEADLINE;
-        let mut client = HostClient::new(&reg.host(), true, &net())?;
+        let mut client = HostClient::new(host, true, &net())?;
         client.pick_scheme(deadline).await;
-        let image = ImageRef::parse(&format!("{}/{REPO}:{TAG}", reg.host())).unwrap();
+        let image = ImageRef::parse(&format!("{host}/{REPO}:{TAG}")).unwrap();
         let mut repo = Repo::new(&client, image, cred, deadline);
         repo.manifest(TAG).await.map(|_| ())
     });
@@ -319,4 +325,63 @@ proptest! {
             prop_assert!(e.to_string().contains("Content-Range"), "{e}");
         }
     }
+}
+
+/// A server that answers each of its first connections `500` with a chunked body that never
+/// ends: `chunk` every `pause`. Returns its `host:port`.
+fn endless_error_server(chunk: &'static [u8], pause: Duration) -> String {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        // The scheme probe and the GET; the threads end when the client hangs up.
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let head =
+                    "HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                framed.extend_from_slice(chunk);
+                framed.extend_from_slice(b"\r\n");
+                // Answer once the request head is in, as a server does.
+                let mut seen = vec![];
+                let mut byte = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut stream, &mut byte) {
+                        Ok(1) => seen.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while stream.write_all(&framed).is_ok() {
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+    });
+    host
+}
+
+/// An error answer whose body floods without end: the error comes back at once, its message
+/// short (the body read is bounded, not the whole of it).
+#[test]
+fn an_endless_error_body_is_cut_short() {
+    let host = endless_error_server(&[b'x'; 16 << 10], Duration::ZERO);
+    let (res, took) = fetch_manifest_from(&host, None);
+    let e = res.expect_err("a 500");
+    assert!(matches!(e, FetchError::Status { status: 500, .. }), "{e}");
+    assert!(e.to_string().len() < 1000, "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+/// An error answer whose body trickles without end: the error comes back by the deadline.
+#[test]
+fn a_trickling_error_body_ends_at_the_deadline() {
+    let host = endless_error_server(b"x", Duration::from_millis(20));
+    let (res, took) = fetch_manifest_from(&host, None);
+    let e = res.expect_err("a 500");
+    assert!(matches!(e, FetchError::Status { status: 500, .. }), "{e}");
+    assert!(took < BOUND, "{took:?}");
 }
