@@ -27,7 +27,8 @@ enum Cmd {
     /// Runs every scenario and prints the timings.
     All,
     /// Runs the named scenarios (first-apply, cached-boot, kernel-upgrade, several-modules,
-    /// broken-module, journal-priorities, modprobe-config, registry-down, power-cut);
+    /// broken-module, journal-priorities, modprobe-config, registry-down, power-cut,
+    /// policy-reject);
     /// scenarios of one node share its boots.
     Scenario {
         /// Scenario names.
