@@ -385,3 +385,21 @@ fn a_trickling_error_body_ends_at_the_deadline() {
     assert!(matches!(e, FetchError::Status { status: 500, .. }), "{e}");
     assert!(took < BOUND, "{took:?}");
 }
+
+/// A token of 1 MiB (oci-client reads the whole answer; the deadline bounds that) is refused
+/// once, naming the token service, instead of going into every request's header.
+#[test]
+fn a_huge_token_is_refused() {
+    let reg = Registry::start_with_auth(Auth::bearer("puller", "s3cret")).unwrap();
+    reg.push_image(REPO, TAG, &image());
+    let answer = serde_json::json!({ "token": "t".repeat(1 << 20), "expires_in": 300 });
+    reg.fault(Fault::ReplaceBody(answer.to_string().into_bytes()).on("/token"));
+    let (res, took) = fetch_manifest(&reg, Some(puller()));
+    let e = res.expect_err("a 1 MiB token");
+    assert!(matches!(e, FetchError::Auth { .. }), "{e}");
+    assert!(
+        e.to_string().contains("token service") && e.to_string().contains("1048576 bytes"),
+        "{e}"
+    );
+    assert!(took < BOUND, "{took:?}");
+}
