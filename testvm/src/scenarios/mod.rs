@@ -10,6 +10,7 @@ pub mod journal_priorities;
 pub mod modprobe_config;
 pub mod multi_modules;
 pub mod nic_not_bound;
+pub mod no_in_tree_driver;
 pub mod policy_reject;
 pub mod power_cut;
 pub mod registry_down;
@@ -35,6 +36,7 @@ pub const NAMES: &[&str] = &[
     "broken-module",
     "journal-priorities",
     "modprobe-config",
+    "no-in-tree-driver-initrd",
     "registry-down",
     "nic-not-bound",
     "power-cut",
@@ -178,6 +180,13 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         let t = Instant::now();
         reports.push(modprobe_config::run(lab).unwrap_or_else(|e| failed("modprobe-config", &e)));
         info!("modprobe-config node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("no-in-tree-driver-initrd") {
+        let t = Instant::now();
+        reports.push(
+            no_in_tree_driver::run(lab).unwrap_or_else(|e| failed("no-in-tree-driver-initrd", &e)),
+        );
+        info!("no-in-tree node: {:.0} s", t.elapsed().as_secs_f64());
     }
     if wants("registry-down") {
         let t = Instant::now();
