@@ -7,8 +7,9 @@
 //!
 //! The policy templates are ConfigurationPolicies, chained by `extraDependencies`:
 //!
-//! 1. `<policy>-prestage`: the prestage objects (`--output prestage`); the DaemonSet's pod
-//!    template carries the MachineConfig's content hash, so a new config rolls the agents.
+//! 1. `<policy>-prestage`: the prestage objects (`--output prestage`, the agents' Service,
+//!    ServiceMonitor and PrometheusRule included); the DaemonSet's pod template carries the
+//!    MachineConfig's content hash, so a new config rolls the agents.
 //! 2. `<policy>-stored`: the gate, always `inform` (it only reads). Compliant once the
 //!    MachineConfig with this content hash exists on the spoke, or else once the DaemonSet of
 //!    this content hash is fully rolled out and every pod is ready (ready = stored). The first
@@ -260,12 +261,14 @@ pub fn acm_policy_objects(
     let prestage_templates = prestage
         .into_iter()
         .map(|o| {
-            // The ConfigMap and the DaemonSet are ours alone: a list merge (musthave) would
-            // keep the items of an older version beside the new ones (the node image in the
-            // command, a dropped volume). The controller compares after a server-side dry run,
-            // so the server's defaults are no difference. The Namespace, ServiceAccount and
-            // RoleBinding get fields from others (OpenShift's SCC annotations, pull secrets).
-            let compliance = if o["kind"] == "ConfigMap" || o["kind"] == "DaemonSet" {
+            // The ConfigMap, the DaemonSet, the ServiceMonitor and the PrometheusRule are ours
+            // alone: a list merge (musthave) would keep the items of an older version beside
+            // the new ones (the node image in the command, a dropped volume, an old alert).
+            // The controller compares after a server-side dry run, so the server's defaults
+            // are no difference. The Namespace, ServiceAccount, RoleBinding and Service get
+            // fields from others (OpenShift's SCC annotations, pull secrets, cluster IPs).
+            let ours_alone = ["ConfigMap", "DaemonSet", "ServiceMonitor", "PrometheusRule"];
+            let compliance = if ours_alone.iter().any(|k| o["kind"] == *k) {
                 "mustonlyhave"
             } else {
                 "musthave"

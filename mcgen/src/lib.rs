@@ -34,6 +34,7 @@ mod install_time;
 mod kmm;
 mod kmm_migration;
 mod machineconfig;
+mod monitoring;
 mod node_binaries;
 mod node_image;
 mod prestage;

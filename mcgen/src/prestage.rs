@@ -10,6 +10,12 @@
 //! can boot), then again every hour. Ready means "stored": `kmod-day1-pull --check-stored`,
 //! which needs no network, exits 0 once every set of every config (`config.d` and the
 //! prestaged ones) is stored for the running kernel.
+//!
+//! The pod stays on as the node's agent: its `metrics` container serves the node's kmod-day1
+//! state (`kmod-day1-pull --serve-metrics`) on the node's address, port [`METRICS_PORT`],
+//! behind a headless Service that a ServiceMonitor of OpenShift's user-workload monitoring
+//! scrapes, and a PrometheusRule alerts when a node fell back to the in-tree driver
+//! ([`monitoring_objects`]).
 
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -31,6 +37,13 @@ const HOST_MOUNT: &str = "/host";
 /// template: the DaemonSet then rolls its pods, 10% at a time, and each records the new config.
 /// Without it a re-applied ConfigMap would reach the mounted files but never `prestaged/`.
 pub const PRESTAGED_CONFIG_ANNOTATION: &str = "kmod-day1.io/prestaged-config-sha256";
+
+/// The port of the node's metrics, on the node's address (the pod uses the host network). In
+/// OpenShift's range for host-level services (9000-9999), which the installer's firewall rules
+/// open between nodes, so the monitoring Prometheus reaches it.
+pub const METRICS_PORT: u16 = 9750;
+/// The name of the metrics port in the Service (the ServiceMonitor's endpoint refers to it).
+pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Label selectors of the nodes the DaemonSet runs on: `key=value` pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +158,7 @@ pub fn prestage_objects(
     let security = json!({ "privileged": true, "runAsUser": 0, "readOnlyRootFilesystem": true });
     let resources = json!({ "requests": { "cpu": "10m", "memory": "64Mi" } });
     let agent = format!("{CONFIG_MOUNT}/kmod-day1-agent.sh");
-    Ok(vec![
+    let mut objects = vec![
         json!({
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -158,6 +171,9 @@ pub fn prestage_objects(
                     "pod-security.kubernetes.io/warn": "privileged",
                     // OpenShift's label syncer must not lower them.
                     "security.openshift.io/scc.podSecurityLabelSync": "false",
+                    // User-workload monitoring reads the ServiceMonitor and PrometheusRule of
+                    // every namespace not labelled `false` here (nor cluster-monitoring): say so.
+                    "openshift.io/user-monitoring": "true",
                 },
             },
         }),
@@ -238,7 +254,7 @@ pub fn prestage_objects(
                             "securityContext": security,
                             "resources": resources,
                             "volumeMounts": mounts,
-                        }],
+                        }, metrics_container(&image, shell(&[&agent, "metrics", &METRICS_PORT.to_string()]))],
                         "volumes": [
                             { "name": "host", "hostPath": { "path": "/", "type": "Directory" } },
                             { "name": "prestage", "configMap": { "name": name, "defaultMode": 0o444 } },
@@ -247,7 +263,53 @@ pub fn prestage_objects(
                 },
             },
         }),
-    ])
+    ];
+    objects.extend(crate::monitoring::monitoring_objects(
+        config.name.as_str(),
+        &name,
+        &labels,
+    ));
+    Ok(objects)
+}
+
+/// The agent's `metrics` container: the host's `kmod-day1-pull --serve-metrics` on the pod's
+/// address, which is the node's.
+///
+/// No `ports` entry: in a pod on the host network a container port is also a host port
+/// (defaulted so), which the scheduler keeps unique per node, so the DaemonSet of a second
+/// config on the same pool would stay Pending, and its rollout (ready = stored) with it. The
+/// Service and the probe name the port by number instead. Both agents' servers would serve
+/// the same node-wide metrics: the second one waits, and serves once the port is free
+/// (`kmod-day1-agent.sh metrics`).
+///
+/// No readiness probe: the pod's readiness is "stored" (the `agent` container's). The
+/// liveness probe restarts a server that stopped answering; a waiting one is alive as long as
+/// the node's metrics answer on the port.
+fn metrics_container(image: &str, command: Vec<String>) -> Value {
+    json!({
+        "name": "metrics",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": [{
+            "name": "KMOD_DAY1_POD_IP",
+            "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } },
+        }],
+        "livenessProbe": {
+            "httpGet": { "path": "/healthz", "port": METRICS_PORT, "scheme": "HTTP" },
+            "initialDelaySeconds": 10,
+            "periodSeconds": 30,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "securityContext": { "privileged": true, "runAsUser": 0, "readOnlyRootFilesystem": true },
+        "resources": { "requests": { "cpu": "5m", "memory": "32Mi" } },
+        // The metrics only read the host: its / read-only.
+        "volumeMounts": [
+            { "name": "host", "mountPath": HOST_MOUNT, "mountPropagation": "HostToContainer", "readOnly": true },
+            { "name": "prestage", "mountPath": CONFIG_MOUNT, "readOnly": true },
+        ],
+    })
 }
 
 /// The prestage objects as one multi-document YAML for `oc apply -f`.

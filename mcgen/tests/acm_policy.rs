@@ -256,14 +256,22 @@ fn the_dependency_chain() {
         pool["status"]["configuration"]["source"][0]["name"],
         mc["metadata"]["name"]
     );
-    // Only the gate holds Go templates; the others' data (scripts, units) are never parsed.
+    // Only the gate's Go templates are the policy's; the others' data (scripts, units, the
+    // alerts' `{{ $labels.node }}`, which Prometheus expands) are never parsed.
     for (i, (_, o, _)) in t.iter().enumerate() {
         let text = serde_json::to_string(o).unwrap();
-        if i == 1 {
+        if i == 1 || !text.contains("{{") {
             continue;
         }
-        assert!(!text.contains("{{"), "template {i} holds a Go template");
+        assert_eq!(
+            o["metadata"]["annotations"]["policy.open-cluster-management.io/disable-templates"],
+            "true",
+            "template {i} holds text in braces that the spoke would take for a Go template"
+        );
     }
+    assert!(serde_json::to_string(&t[0].1)
+        .unwrap()
+        .contains("{{ $labels.node }}"));
     for i in [0, 2, 4] {
         assert_eq!(
             t[i].1["metadata"]["annotations"]
@@ -348,6 +356,9 @@ fn carried_objects_are_the_other_outputs() {
             c("RoleBinding", "musthave", "-"),
             c("ConfigMap", "mustonlyhave", "musthave"),
             c("DaemonSet", "mustonlyhave", "musthave"),
+            c("Service", "musthave", "-"),
+            c("ServiceMonitor", "mustonlyhave", "musthave"),
+            c("PrometheusRule", "mustonlyhave", "musthave"),
         ]
     );
     assert_eq!(

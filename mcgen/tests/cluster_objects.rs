@@ -65,7 +65,10 @@ fn prestage_objects() {
             "ServiceAccount",
             "RoleBinding",
             "ConfigMap",
-            "DaemonSet"
+            "DaemonSet",
+            "Service",
+            "ServiceMonitor",
+            "PrometheusRule"
         ]
     );
     assert_schema(&objects);
@@ -74,6 +77,9 @@ fn prestage_objects() {
     }
 
     let ns = &objects[0]["metadata"]["labels"];
+    // User-workload monitoring skips a namespace labelled `false` (or cluster-monitoring).
+    assert_eq!(ns["openshift.io/user-monitoring"], "true");
+    assert!(ns.get("openshift.io/cluster-monitoring").is_none());
     for mode in ["enforce", "audit", "warn"] {
         assert_eq!(
             ns[format!("pod-security.kubernetes.io/{mode}")],
@@ -442,6 +448,55 @@ fn the_schema_check_catches_mistakes() {
         .pointer_mut(&format!("{pod}/containers/0/resources/requests"))
         .unwrap()["memory"] = "64 MB".into())
     .contains("not a quantity"));
+    assert!(problems(&|o| o
+        .pointer_mut(&format!("{pod}/containers/1/livenessProbe/httpGet"))
+        .unwrap()["scheme"] = "http".into())
+    .contains("is not one of"));
+
+    // The monitoring objects: prometheus-operator's patterns and enums.
+    let edited = |kind: &str, pointer: &str, field: &str, value: Value| {
+        let mut o = by_kind(&objects, kind).clone();
+        o.pointer_mut(pointer).unwrap()[field] = value;
+        schema::check_object(&o).join("; ")
+    };
+    let ep = "/spec/endpoints/0";
+    assert!(edited("ServiceMonitor", ep, "interval", "1 minute".into())
+        .contains("not a Prometheus duration"));
+    assert!(edited("ServiceMonitor", ep, "scheme", "HTTP".into()).contains("is not one of"));
+    assert!(edited(
+        "ServiceMonitor",
+        &format!("{ep}/relabelings/0"),
+        "sourceLabels",
+        serde_json::json!(["__meta-pod"])
+    )
+    .contains("not a label name"));
+    assert!(edited("ServiceMonitor", ep, "targetPorts", 9750.into()).contains("unknown field"));
+    let rule = "/spec/groups/0/rules/0";
+    assert!(edited("PrometheusRule", rule, "for", "30 minutes".into())
+        .contains("not a Prometheus duration"));
+    assert!(
+        edited("PrometheusRule", rule, "expr", serde_json::json!(["x"])).contains("wrong type")
+    );
+    assert!(edited(
+        "Service",
+        "/spec",
+        "publishNotReadyAddresses",
+        "true".into()
+    )
+    .contains("wrong type"));
+    for (d, ok) in [
+        ("30m", true),
+        ("1h30m", true),
+        ("0", true),
+        ("90s", true),
+        ("100ms", true),
+        ("1m1h", false),
+        ("m", false),
+        ("1x", false),
+        ("1.5h", false),
+    ] {
+        assert_eq!(schema::is_prometheus_duration(d), ok, "{d}");
+    }
 }
 
 #[test]
@@ -486,4 +541,240 @@ fn prestage_pods_roll_on_a_new_config() {
     assert_eq!(annotation(&v1).0, a1);
     // A kmod update changes the pod template, so the DaemonSet rolls and records it.
     assert_ne!(annotation(&v2).0, a1);
+}
+
+fn prestage_e1000() -> Vec<Value> {
+    let (yaml, _) = run(&[
+        "-f",
+        "examples/e1000.yaml",
+        "-o",
+        "prestage",
+        "--node-image",
+        NODE_IMAGE,
+    ]);
+    documents(&yaml)
+}
+
+#[test]
+fn the_agent_serves_the_nodes_metrics_behind_a_service() {
+    let objects = prestage_e1000();
+    let ds = by_kind(&objects, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["agent", "metrics"]);
+    let metrics = &containers[1];
+    assert_eq!(metrics["image"], PINNED);
+    assert_eq!(
+        metrics["command"],
+        serde_json::json!([
+            mcgen::IMAGE_SHELL,
+            "sh",
+            "/etc/kmod-day1-prestage/kmod-day1-agent.sh",
+            "metrics",
+            "9750"
+        ])
+    );
+    assert_eq!(
+        metrics["env"][0],
+        serde_json::json!({ "name": "KMOD_DAY1_POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } })
+    );
+    // Liveness on the server's /healthz; the pod's readiness stays "stored" (the agent's).
+    assert_eq!(metrics["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(metrics["livenessProbe"]["httpGet"]["port"], 9750);
+    assert!(metrics.get("readinessProbe").is_none());
+    assert!(containers[0]["readinessProbe"]["exec"].is_object());
+    // It only reads the host.
+    let host = metrics["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "host")
+        .unwrap();
+    assert_eq!(host["readOnly"], true);
+    // On the host network a container port would be a host port, unique per node: another
+    // config's DaemonSet on the same nodes could not be scheduled.
+    assert_eq!(pod["hostNetwork"], true);
+    for c in containers {
+        assert!(c.get("ports").is_none(), "{}", c["name"]);
+    }
+
+    // The Service selects exactly this DaemonSet's pods, on the metrics port, ready or not.
+    let svc = by_kind(&objects, "Service");
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(svc["spec"]["selector"], *pod_labels);
+    assert_eq!(
+        svc["spec"]["selector"],
+        ds["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["publishNotReadyAddresses"], true);
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["port"], 9750);
+    assert_eq!(port["targetPort"], 9750);
+
+    // The ServiceMonitor selects the Service by its labels and names its port.
+    let sm = by_kind(&objects, "ServiceMonitor");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "{k}");
+    }
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["port"], port["name"]);
+    assert_eq!(ep["path"], "/metrics");
+    // No namespaceSelector: user-workload monitoring ignores it (its own namespace only).
+    assert!(sm["spec"].get("namespaceSelector").is_none());
+    assert_eq!(
+        ep["relabelings"][0]["sourceLabels"][0],
+        "__meta_kubernetes_pod_node_name"
+    );
+    assert_eq!(ep["relabelings"][0]["targetLabel"], "node");
+    for o in [svc, sm, by_kind(&objects, "PrometheusRule")] {
+        assert_eq!(o["metadata"]["namespace"], "kmod-day1");
+        assert_eq!(o["metadata"]["name"], ds["metadata"]["name"]);
+    }
+}
+
+/// The alerting rules of the PrometheusRule.
+fn alerts(objects: &[Value]) -> Vec<&Value> {
+    let rule = by_kind(objects, "PrometheusRule");
+    rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter(|r| r.get("alert").is_some())
+        .collect()
+}
+
+/// A Prometheus duration in seconds (`30m`, `1h`, `1h30m`).
+fn seconds(d: &str) -> u64 {
+    let mut total = 0;
+    let mut n = 0;
+    for c in d.chars() {
+        match c {
+            '0'..='9' => n = n * 10 + u64::from(c.to_digit(10).unwrap()),
+            's' => (total, n) = (total + n, 0),
+            'm' => (total, n) = (total + 60 * n, 0),
+            'h' => (total, n) = (total + 3600 * n, 0),
+            'd' => (total, n) = (total + 86400 * n, 0),
+            _ => panic!("unit in {d}"),
+        }
+    }
+    total
+}
+
+#[test]
+fn the_fallback_alert() {
+    let objects = prestage_e1000();
+    let rule = by_kind(&objects, "PrometheusRule");
+    // Evaluated by user-workload monitoring's Prometheus, not through Thanos Ruler.
+    assert_eq!(
+        rule["metadata"]["labels"]["openshift.io/prometheus-rule-evaluation-scope"],
+        "leaf-prometheus"
+    );
+    let alerts = alerts(&objects);
+    let fallback = alerts
+        .iter()
+        .find(|a| a["alert"] == "KmodDay1InTreeFallback")
+        .unwrap();
+    let expr = fallback["expr"].as_str().unwrap();
+    assert!(expr.contains("kmod_day1_set_fallback"), "{expr}");
+    assert!(
+        expr.contains("{config=\"99-worker-kmod-e1000\"}"),
+        "each config's rule watches its own sets: {expr}"
+    );
+    assert!(expr.ends_with("== 1"), "{expr}");
+    assert_eq!(fallback["labels"]["severity"], "warning");
+    // Long enough for a pull's reboot and a slow drain; short enough to matter.
+    let wait = seconds(fallback["for"].as_str().unwrap());
+    assert!((20 * 60..=2 * 3600).contains(&wait), "{wait}");
+    let summary = fallback["annotations"]["summary"].as_str().unwrap();
+    let description = fallback["annotations"]["description"].as_str().unwrap();
+    for l in ["node", "config", "set"] {
+        let var = format!("{{{{ $labels.{l} }}}}");
+        assert!(summary.contains(&var), "{summary}");
+        assert!(description.contains(&var), "{description}");
+    }
+    for a in &alerts {
+        let expr = a["expr"].as_str().unwrap();
+        // The labels the annotations use survive the aggregation; so does `namespace`,
+        // which user-workload monitoring enforces.
+        let by = expr
+            .split_once("by (")
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(l, _)| l.split(", ").collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("{expr} aggregates by node"));
+        assert!(by.contains(&"namespace"), "{expr}");
+        let text = serde_json::to_string(&a["annotations"]).unwrap();
+        for part in text.split("$labels.").skip(1) {
+            let label: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(by.contains(&label.as_str()), "{label} in {text}");
+        }
+    }
+}
+
+/// The metric families `kmod-day1-pull --metrics` writes, read from its source (each
+/// `family(&mut out, "<name>", "<type>", ...)`) and from pull/README.md's table.
+fn metrics_the_node_exposes() -> (Vec<String>, String) {
+    let src = std::fs::read_to_string(support::root().join("pull/src/metrics.rs")).unwrap();
+    let families: Vec<String> = src
+        .split("family(")
+        .skip(1)
+        .filter_map(|call| {
+            let after = call.split_once('"')?.1;
+            Some(after.split_once('"')?.0.to_owned())
+        })
+        .filter(|n| n.starts_with("kmod_day1_"))
+        .collect();
+    assert!(families.len() >= 5, "{families:?}");
+    let readme = std::fs::read_to_string(support::root().join("pull/README.md")).unwrap();
+    let table = readme
+        .split_once("## Metrics")
+        .unwrap()
+        .1
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .to_owned();
+    (families, table)
+}
+
+#[test]
+fn the_alerts_name_metrics_the_node_exposes() {
+    let objects = prestage_e1000();
+    let (families, table) = metrics_the_node_exposes();
+    for a in alerts(&objects) {
+        let expr = a["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("kmod_day1_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            assert!(
+                families.iter().any(|f| f == n),
+                "{} uses {n}, which kmod-day1-pull does not write ({families:?})",
+                a["alert"]
+            );
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{n}`")))
+                .unwrap_or_else(|| panic!("{n} is not in pull/README.md's metrics table"));
+            // The labels the expression selects or keeps are the metric's (besides the
+            // target's: namespace, node).
+            let labels = row.split('|').nth(2).unwrap();
+            if expr.contains("config=") {
+                assert!(labels.contains("config"), "{row}");
+            }
+            if expr.contains(", set)") {
+                assert!(labels.contains("set"), "{row}");
+            }
+        }
+    }
 }

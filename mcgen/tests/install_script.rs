@@ -297,3 +297,39 @@ fn the_prestage_agent_installs_and_records_the_configs_to_come() {
         std::fs::remove_dir_all(&host).unwrap();
     }
 }
+
+#[test]
+fn the_metrics_agent_waits_for_the_port_and_stops_on_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/install/kmod-day1-agent.sh");
+    for shell in shells() {
+        // An empty host: the server cannot start (as the port held by another agent makes it
+        // stop), so the agent says so and waits, until the pod stops it.
+        let child = Command::new(shell[0])
+            .args(&shell[1..])
+            .arg(&script)
+            .args(["metrics", "9750"])
+            .env("KMOD_DAY1_HOST", dir.path())
+            .env("KMOD_DAY1_POD_IP", "fd00::1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{shell:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "<4>kmod-day1-agent: the metrics server on [fd00::1]:9750 stopped (exit "
+            ),
+            "{shell:?}: {stderr}"
+        );
+        assert!(stderr.contains("trying again in a minute"), "{stderr}");
+    }
+}

@@ -11,6 +11,12 @@
 #       runs the host's kmod-day1-pull --no-reboot (chroot: the node's own paths, pull
 #       secrets, registries.conf, policy.json and CA bundle) now, then every hour, five
 #       minutes after a failure, until the pod stops.
+#   kmod-day1-agent.sh metrics PORT
+#       serves the node's kmod-day1 metrics (the host's kmod-day1-pull --serve-metrics: GET
+#       /metrics and /healthz) on the pod's address (KMOD_DAY1_POD_IP: the node's, the pod
+#       uses the host network), until the pod stops. The agent of another config on this
+#       node may hold the port: it serves the same node-wide metrics, so this one waits and
+#       tries again every minute.
 set -eu
 host=${KMOD_DAY1_HOST:-/host}
 here=$(dirname "$0")
@@ -56,8 +62,31 @@ run)
         wait "$child" || :
     done
     ;;
+metrics)
+    port=${2:?usage: kmod-day1-agent.sh metrics PORT}
+    ip=${KMOD_DAY1_POD_IP:-0.0.0.0}
+    case $ip in
+    *:*) addr="[$ip]:$port" ;;
+    *) addr="$ip:$port" ;;
+    esac
+    child=
+    trap '[ -z "$child" ] || kill "$child" 2>/dev/null; exit 0' TERM INT
+    while :; do
+        chroot "$host" /usr/local/bin/kmod-day1-pull --serve-metrics "$addr" &
+        child=$!
+        if wait "$child"; then
+            rc=0
+        else
+            rc=$?
+        fi
+        echo "<4>kmod-day1-agent: the metrics server on $addr stopped (exit $rc; another kmod-day1 agent on this node may hold the port); trying again in a minute" >&2
+        sleep 60 &
+        child=$!
+        wait "$child" || :
+    done
+    ;;
 *)
-    echo "usage: kmod-day1-agent.sh prestage REF@sha256:DIGEST | run" >&2
+    echo "usage: kmod-day1-agent.sh prestage REF@sha256:DIGEST | run | metrics PORT" >&2
     exit 2
     ;;
 esac

@@ -16,7 +16,13 @@
 //!   PlacementSubject, Subject), open-cluster-management-io/api cluster/v1beta1
 //!   types_placement.go (Placement, ClusterPredicate, ClusterSelector, Toleration),
 //!   open-cluster-management-io/config-policy-controller api/v1
-//!   configurationpolicy_types.go (ConfigurationPolicy, ObjectTemplate).
+//!   configurationpolicy_types.go (ConfigurationPolicy, ObjectTemplate),
+//! - kubernetes/api core/v1/types.go again (Service, ServicePort, HTTPGetAction,
+//!   EnvVarSource, ObjectFieldSelector),
+//! - prometheus-operator/prometheus-operator pkg/apis/monitoring/v1 servicemonitor_types.go
+//!   (ServiceMonitor, ServiceMonitorSpec), types.go (Endpoint, NamespaceSelector, Duration's
+//!   and LabelName's patterns, RelabelConfig), prometheusrule_types.go (PrometheusRule,
+//!   RuleGroup, Rule).
 //!
 //! An `objectDefinition` is `x-kubernetes-preserve-unknown-fields` upstream ([`S::Any`]):
 //! [`check_object`] checks each one against the schema of its own kind.
@@ -45,6 +51,44 @@ pub enum S {
     Obj(Vec<(&'static str, S, bool)>),
     /// Any JSON value (`x-kubernetes-preserve-unknown-fields`).
     Any,
+    /// A string matching a kubebuilder `Pattern`, checked by hand: (what it is, the check).
+    Pattern(&'static str, fn(&str) -> bool),
+}
+
+/// prometheus-operator's `Duration` (Prometheus' model.ParseDuration): `0`, or units in the
+/// order y, w, d, h, m, s, ms, each at most once, each a number; the empty string too.
+pub fn is_prometheus_duration(d: &str) -> bool {
+    if d == "0" || d.is_empty() {
+        return true;
+    }
+    let units = ["y", "w", "d", "h", "m", "s", "ms"];
+    let mut rest = d;
+    let mut next = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        // "ms" before "m": the longer unit first.
+        let Some(i) = (next..units.len())
+            .filter(|&i| rest.starts_with(units[i]))
+            .max_by_key(|&i| units[i].len())
+        else {
+            return false;
+        };
+        rest = &rest[units[i].len()..];
+        next = i + 1;
+    }
+    true
+}
+
+/// A Prometheus label name: `^[a-zA-Z_][a-zA-Z0-9_]*$`.
+pub fn is_label_name(n: &str) -> bool {
+    let mut b = n.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 use S::*;
@@ -77,6 +121,11 @@ pub fn check(v: &Value, s: &S, path: &str, problems: &mut Vec<String>) {
                 || !["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
             {
                 problems.push(format!("{path}: {q:?} is not a quantity"));
+            }
+        }
+        (Pattern(what, ok), Value::String(x)) => {
+            if !ok(x) {
+                problems.push(format!("{path}: {x:?} is not {what}"));
             }
         }
         (Enum(allowed), Value::String(x)) => {
@@ -151,6 +200,19 @@ fn label_selector() -> S {
 fn probe() -> S {
     Obj(vec![
         opt("exec", Obj(vec![opt("command", list(Str))])),
+        opt(
+            "httpGet",
+            Obj(vec![
+                opt("path", Str),
+                req("port", IntOrStr),
+                opt("host", Str),
+                opt("scheme", Enum(&["HTTP", "HTTPS"])),
+                opt(
+                    "httpHeaders",
+                    list(Obj(vec![req("name", Str), req("value", Str)])),
+                ),
+            ]),
+        ),
         opt("initialDelaySeconds", Int),
         opt("timeoutSeconds", Int),
         opt("periodSeconds", Int),
@@ -167,7 +229,30 @@ fn container() -> S {
         opt("command", list(Str)),
         opt("args", list(Str)),
         opt("workingDir", Str),
-        opt("env", list(Obj(vec![req("name", Str), opt("value", Str)]))),
+        opt(
+            "env",
+            list(Obj(vec![
+                req("name", Str),
+                opt("value", Str),
+                opt(
+                    "valueFrom",
+                    Obj(vec![opt(
+                        "fieldRef",
+                        Obj(vec![opt("apiVersion", Str), req("fieldPath", Str)]),
+                    )]),
+                ),
+            ])),
+        ),
+        opt(
+            "ports",
+            list(Obj(vec![
+                opt("name", Str),
+                opt("hostPort", Int),
+                req("containerPort", Int),
+                opt("protocol", Enum(&["TCP", "UDP", "SCTP"])),
+                opt("hostIP", Str),
+            ])),
+        ),
         opt(
             "resources",
             Obj(vec![
@@ -215,6 +300,68 @@ fn container() -> S {
                 opt("allowPrivilegeEscalation", Bool),
             ]),
         ),
+    ])
+}
+
+fn duration() -> S {
+    Pattern("a Prometheus duration", is_prometheus_duration)
+}
+
+/// prometheus-operator's `Endpoint` (the fields a plain HTTP scrape may use).
+fn monitor_endpoint() -> S {
+    let label_name = || Pattern("a label name", is_label_name);
+    let relabel = || {
+        Obj(vec![
+            opt("sourceLabels", list(label_name())),
+            opt("separator", Str),
+            opt("targetLabel", Str),
+            opt("regex", Str),
+            opt("modulus", Int),
+            opt("replacement", Str),
+            opt(
+                "action",
+                Enum(&[
+                    "replace",
+                    "Replace",
+                    "keep",
+                    "Keep",
+                    "drop",
+                    "Drop",
+                    "hashmod",
+                    "HashMod",
+                    "labelmap",
+                    "LabelMap",
+                    "labeldrop",
+                    "LabelDrop",
+                    "labelkeep",
+                    "LabelKeep",
+                    "lowercase",
+                    "Lowercase",
+                    "uppercase",
+                    "Uppercase",
+                    "keepequal",
+                    "KeepEqual",
+                    "dropequal",
+                    "DropEqual",
+                ]),
+            ),
+        ])
+    };
+    Obj(vec![
+        opt("port", Str),
+        opt("targetPort", IntOrStr),
+        opt("path", Str),
+        opt("scheme", Enum(&["http", "https"])),
+        opt("params", map(list(Str))),
+        opt("interval", duration()),
+        opt("scrapeTimeout", duration()),
+        opt("honorLabels", Bool),
+        opt("honorTimestamps", Bool),
+        opt("metricRelabelings", list(relabel())),
+        opt("relabelings", list(relabel())),
+        opt("followRedirects", Bool),
+        opt("enableHttp2", Bool),
+        opt("filterRunning", Bool),
     ])
 }
 
@@ -576,6 +723,94 @@ pub fn schema_of(kind: &str) -> Option<S> {
             f.push(opt("immutable", Bool));
             f.push(opt("data", map(Str)));
             f.push(opt("binaryData", map(Str)));
+            f
+        }),
+        "Service" => Obj({
+            let mut f = type_meta(&["v1"], &["Service"]);
+            f.push(opt(
+                "spec",
+                Obj(vec![
+                    opt(
+                        "ports",
+                        list(Obj(vec![
+                            opt("name", Str),
+                            opt("protocol", Enum(&["TCP", "UDP", "SCTP"])),
+                            opt("appProtocol", Str),
+                            req("port", Int),
+                            opt("targetPort", IntOrStr),
+                            opt("nodePort", Int),
+                        ])),
+                    ),
+                    opt("selector", map(Str)),
+                    opt("clusterIP", Str),
+                    opt("clusterIPs", list(Str)),
+                    opt(
+                        "type",
+                        Enum(&["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]),
+                    ),
+                    opt("publishNotReadyAddresses", Bool),
+                    opt("sessionAffinity", Enum(&["ClientIP", "None"])),
+                    opt("internalTrafficPolicy", Enum(&["Cluster", "Local"])),
+                    opt(
+                        "ipFamilyPolicy",
+                        Enum(&["SingleStack", "PreferDualStack", "RequireDualStack"]),
+                    ),
+                    opt("ipFamilies", list(Enum(&["IPv4", "IPv6"]))),
+                ]),
+            ));
+            f
+        }),
+        "ServiceMonitor" => Obj({
+            let mut f = type_meta(&["monitoring.coreos.com/v1"], &["ServiceMonitor"]);
+            f.push(req(
+                "spec",
+                Obj(vec![
+                    opt("jobLabel", Str),
+                    opt("targetLabels", list(Str)),
+                    opt("podTargetLabels", list(Str)),
+                    opt("endpoints", list(monitor_endpoint())),
+                    req("selector", label_selector()),
+                    opt(
+                        "namespaceSelector",
+                        Obj(vec![opt("any", Bool), opt("matchNames", list(Str))]),
+                    ),
+                    opt("sampleLimit", Int),
+                    opt("targetLimit", Int),
+                    opt("labelLimit", Int),
+                    opt("labelNameLengthLimit", Int),
+                    opt("labelValueLengthLimit", Int),
+                ]),
+            ));
+            f
+        }),
+        "PrometheusRule" => Obj({
+            let mut f = type_meta(&["monitoring.coreos.com/v1"], &["PrometheusRule"]);
+            f.push(req(
+                "spec",
+                Obj(vec![opt(
+                    "groups",
+                    list(Obj(vec![
+                        req("name", Str),
+                        opt("interval", duration()),
+                        opt(
+                            "rules",
+                            list(Obj(vec![
+                                opt("record", Str),
+                                opt("alert", Str),
+                                req("expr", IntOrStr),
+                                opt("for", duration()),
+                                opt("labels", map(Str)),
+                                opt("annotations", map(Str)),
+                            ])),
+                        ),
+                        opt(
+                            "partial_response_strategy",
+                            Enum(&["", "abort", "warn", "Abort", "Warn"]),
+                        ),
+                        opt("limit", Int),
+                    ])),
+                )]),
+            ));
             f
         }),
         "DaemonSet" => Obj({
