@@ -30,7 +30,9 @@ pub enum OutputFormat {
     /// initramfs.
     Initrd,
     /// The objects (YAML) that prepare every node of the pool before the MachineConfig:
-    /// Namespace, ServiceAccount, SCC grant, ConfigMap and a DaemonSet running --node-image.
+    /// Namespace, ServiceAccount, SCC grant, ConfigMap and a DaemonSet running --node-image,
+    /// which stays on as the node's agent serving its metrics (Service, ServiceMonitor,
+    /// PrometheusRule for user-workload monitoring).
     Prestage,
     /// The MachineConfiguration/cluster node disruption policy (YAML for server-side apply) of
     /// the MachineConfig's files and units (--on-change).
@@ -78,7 +80,9 @@ MachineConfig needs --node-image or --delivery.
 
 Around the MachineConfig: --output prestage writes the objects (Namespace, ServiceAccount, SCC \
 grant, ConfigMap, DaemonSet) that install the binaries of --node-image and store the kmod images \
-on every node of the pool first, so that MCO's drained reboot is the only one; --output \
+on every node of the pool first, so that MCO's drained reboot is the only one, then serve each \
+node's kmod-day1 metrics (Service, ServiceMonitor, PrometheusRule alerting on a fallback to the \
+in-tree driver); --output \
 disruption-policy writes the MachineConfiguration/cluster entries for its files and units \
 (--on-change reboot|next-boot), for `oc apply --server-side`; --output acm-policy puts all of it \
 on the spokes of an ACM hub (--cluster-selector), the MachineConfig only once the prestage has \
