@@ -4,6 +4,7 @@
 
 pub mod apt_mirror;
 pub mod bench;
+pub mod bls_boot;
 pub mod cmd;
 pub mod dirs;
 pub mod guest_overlay;
@@ -14,6 +15,7 @@ pub mod markers;
 pub mod modules_build;
 pub mod node_bins;
 pub mod node_config;
+pub mod ostree_image;
 pub mod qemu;
 pub mod registry;
 pub mod scenarios;

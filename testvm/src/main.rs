@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tracing::error;
 
-use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, scenarios, vm_image};
+use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, ostree_image, scenarios, vm_image};
 
 /// End-to-end tests of kmod-day1 in a QEMU VM (TCG), with a real registry and the real
 /// Ignition. Runs as root. Cache: /var/cache/kmod-day1-testvm or $KMOD_DAY1_VM_CACHE.
@@ -24,6 +24,8 @@ enum Cmd {
     Image,
     /// Builds (or finds in the cache) the test modules for the VM's kernels.
     Modules,
+    /// Builds (or finds in the cache) the ostree node's tools root and initramfs images.
+    OstreeImage,
     /// Runs every scenario and prints the timings.
     All,
     /// Runs the named scenarios (first-apply, cached-boot, kernel-upgrade, several-modules,
@@ -71,6 +73,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 modules_build::check(k)?;
             }
             println!("{}", serde_json::to_string_pretty(&m)?);
+            return Ok(());
+        }
+        Cmd::OstreeImage => {
+            let img = vm_image::ensure(&dirs)?;
+            let t = ostree_image::ensure_tools(&dirs, &img)?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
             return Ok(());
         }
         Cmd::All => (scenarios::NAMES.to_vec(), true),

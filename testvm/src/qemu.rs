@@ -84,6 +84,9 @@ pub struct Machine {
     disk: PathBuf,
     /// Kernel of the next boot.
     pub kernel: VmKernel,
+    /// The command line before `extra_cmdline`: [`BASE_CMDLINE`], or the boot entry's
+    /// options where the harness is the boot loader (`bls_boot.rs`).
+    pub base_cmdline: String,
     /// Extra kernel command line words for the next boot.
     pub extra_cmdline: String,
     /// Every boot, in order.
@@ -103,10 +106,23 @@ impl Machine {
             dir: dir.to_owned(),
             disk: disk.to_owned(),
             kernel,
+            base_cmdline: BASE_CMDLINE.to_owned(),
             extra_cmdline: String::new(),
             boots: vec![],
             timeout: Duration::from_secs(secs),
         }
+    }
+
+    /// Lowers the per-boot timeout to `secs` unless [`BOOT_TIMEOUT_ENV`] sets one.
+    pub fn default_timeout(&mut self, secs: u64) {
+        if std::env::var_os(BOOT_TIMEOUT_ENV).is_none() {
+            self.timeout = Duration::from_secs(secs);
+        }
+    }
+
+    /// The directory of this machine's logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The disk image (for offline inspection between boots).
@@ -116,7 +132,7 @@ impl Machine {
 
     fn command(&self, serial: &Path) -> Command {
         let mut c = Command::new("qemu-system-x86_64");
-        let append = format!("{BASE_CMDLINE} {}", self.extra_cmdline);
+        let append = format!("{} {}", self.base_cmdline, self.extra_cmdline);
         c.args([
             "-accel",
             "tcg,thread=multi",
