@@ -212,6 +212,11 @@ pub struct Cli {
     #[arg(long, value_name = "KEY=VALUE")]
     pub node_selector: Vec<String>,
 
+    /// With --output prestage or acm-policy: the port of the metrics each node's agent serves
+    /// on the node's address (host network) [default: 9750]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub metrics_port: Option<u16>,
+
     /// A single-node spoke or cluster: the MachineConfig and the prestage go to the `master`
     /// pool, its only pool, whatever the spec says
     #[arg(long)]
@@ -397,6 +402,11 @@ impl Cli {
                 "--node-selector goes with --output prestage".into(),
             ));
         }
+        if self.metrics_port.is_some() {
+            return Err(Error::Invalid(
+                "--metrics-port goes with --output prestage or acm-policy".into(),
+            ));
+        }
         if self.on_change.is_some() != (self.output == OutputFormat::DisruptionPolicy) {
             return Err(Error::Invalid(
                 "--output disruption-policy and --on-change reboot|next-boot go together".into(),
@@ -459,7 +469,7 @@ impl Cli {
         } else {
             NodeSelector::parse(&self.node_selector)?
         };
-        let yaml = prestage_yaml(&config, &node_image, &selector)?;
+        let yaml = prestage_yaml(&config, &node_image, &selector, self.metrics_port())?;
         notes.push(format!(
             "prestage of {} for pool {}: `oc apply -f` it, wait for `oc -n {NAMESPACE} rollout status daemonset/kmod-day1-{}` (ready = stored), then apply the MachineConfig",
             config.name,
@@ -471,6 +481,10 @@ impl Cli {
 }
 
 impl Cli {
+    fn metrics_port(&self) -> u16 {
+        self.metrics_port.unwrap_or(crate::prestage::METRICS_PORT)
+    }
+
     fn acm_policy(&self, notes: &mut Vec<String>) -> Result<String, Error> {
         if self.node_image.is_none() {
             return Err(Error::Invalid(
@@ -515,7 +529,7 @@ impl Cli {
             None => None,
         };
         let content = crate::PolicyContent {
-            prestage: crate::prestage_objects(config, node_image, &selector)?,
+            prestage: crate::prestage_objects(config, node_image, &selector, self.metrics_port())?,
             machine_config,
             disruption_policy,
         };

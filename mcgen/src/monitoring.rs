@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use crate::prestage::{METRICS_PORT, METRICS_PORT_NAME, NAMESPACE};
+use crate::prestage::{METRICS_PORT_NAME, NAMESPACE};
 
 /// How long a set must stay stored but not loaded before the alert fires. A node shows
 /// `kmod_day1_set_fallback 1` for a while in normal operation only between a pull committing
@@ -28,8 +28,13 @@ fn promql_string(v: &str) -> String {
 }
 
 /// The Service, ServiceMonitor and PrometheusRule of one config's agents (`name`, `labels`
-/// as the DaemonSet's), in apply order.
-pub(crate) fn monitoring_objects(config: &str, name: &str, labels: &Value) -> Vec<Value> {
+/// as the DaemonSet's, the agents serving on `port`), in apply order.
+pub(crate) fn monitoring_objects(
+    config: &str,
+    name: &str,
+    labels: &Value,
+    port: u16,
+) -> Vec<Value> {
     let config_matcher = promql_string(config);
     vec![
         json!({
@@ -44,8 +49,8 @@ pub(crate) fn monitoring_objects(config: &str, name: &str, labels: &Value) -> Ve
                 "publishNotReadyAddresses": true,
                 "ports": [{
                     "name": METRICS_PORT_NAME,
-                    "port": METRICS_PORT,
-                    "targetPort": METRICS_PORT,
+                    "port": port,
+                    "targetPort": port,
                     "protocol": "TCP",
                 }],
             },

@@ -12,7 +12,8 @@
 //! prestaged ones) is stored for the running kernel.
 //!
 //! The pod stays on as the node's agent: its `metrics` container serves the node's kmod-day1
-//! state (`kmod-day1-pull --serve-metrics`) on the node's address, port [`METRICS_PORT`],
+//! state (`kmod-day1-pull --serve-metrics`) on the node's address, port [`METRICS_PORT`] unless
+//! `--metrics-port` says otherwise,
 //! behind a headless Service that a ServiceMonitor of OpenShift's user-workload monitoring
 //! scrapes, and a PrometheusRule alerts when a node fell back to the in-tree driver
 //! ([`monitoring_objects`]).
@@ -38,9 +39,10 @@ const HOST_MOUNT: &str = "/host";
 /// Without it a re-applied ConfigMap would reach the mounted files but never `prestaged/`.
 pub const PRESTAGED_CONFIG_ANNOTATION: &str = "kmod-day1.io/prestaged-config-sha256";
 
-/// The port of the node's metrics, on the node's address (the pod uses the host network). In
-/// OpenShift's range for host-level services (9000-9999), which the installer's firewall rules
-/// open between nodes, so the monitoring Prometheus reaches it.
+/// The default port of the node's metrics, on the node's address (the pod uses the host
+/// network). In OpenShift's range for host-level services (9000-9999), which the installer's
+/// firewall rules open between nodes, so the monitoring Prometheus reaches it; no OpenShift
+/// component's.
 pub const METRICS_PORT: u16 = 9750;
 /// The name of the metrics port in the Service (the ServiceMonitor's endpoint refers to it).
 pub const METRICS_PORT_NAME: &str = "metrics";
@@ -132,6 +134,7 @@ pub fn prestage_objects(
     config: &Day1Config,
     node_image: &NodeImage,
     selector: &NodeSelector,
+    metrics_port: u16,
 ) -> Result<Vec<Value>, Error> {
     let name = object_name(config)?;
     let image = node_image.reference();
@@ -254,7 +257,7 @@ pub fn prestage_objects(
                             "securityContext": security,
                             "resources": resources,
                             "volumeMounts": mounts,
-                        }, metrics_container(&image, shell(&[&agent, "metrics", &METRICS_PORT.to_string()]))],
+                        }, metrics_container(&image, metrics_port, shell(&[&agent, "metrics", &metrics_port.to_string()]))],
                         "volumes": [
                             { "name": "host", "hostPath": { "path": "/", "type": "Directory" } },
                             { "name": "prestage", "configMap": { "name": name, "defaultMode": 0o444 } },
@@ -268,6 +271,7 @@ pub fn prestage_objects(
         config.name.as_str(),
         &name,
         &labels,
+        metrics_port,
     ));
     Ok(objects)
 }
@@ -285,7 +289,7 @@ pub fn prestage_objects(
 /// No readiness probe: the pod's readiness is "stored" (the `agent` container's). The
 /// liveness probe restarts a server that stopped answering; a waiting one is alive as long as
 /// the node's metrics answer on the port.
-fn metrics_container(image: &str, command: Vec<String>) -> Value {
+fn metrics_container(image: &str, port: u16, command: Vec<String>) -> Value {
     json!({
         "name": "metrics",
         "image": image,
@@ -296,7 +300,7 @@ fn metrics_container(image: &str, command: Vec<String>) -> Value {
             "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } },
         }],
         "livenessProbe": {
-            "httpGet": { "path": "/healthz", "port": METRICS_PORT, "scheme": "HTTP" },
+            "httpGet": { "path": "/healthz", "port": port, "scheme": "HTTP" },
             "initialDelaySeconds": 10,
             "periodSeconds": 30,
             "timeoutSeconds": 5,
@@ -317,8 +321,9 @@ pub fn prestage_yaml(
     config: &Day1Config,
     node_image: &NodeImage,
     selector: &NodeSelector,
+    metrics_port: u16,
 ) -> Result<String, Error> {
-    let docs = prestage_objects(config, node_image, selector)?;
+    let docs = prestage_objects(config, node_image, selector, metrics_port)?;
     Ok(docs
         .iter()
         .map(|d| serde_norway::to_string(d).expect("YAML serializes"))

@@ -325,6 +325,30 @@ fn disruption_policies() {
 fn bad_combinations() {
     for (args, expect) in [
         (
+            vec![
+                "-f",
+                "examples/e1000.yaml",
+                "--node-image",
+                NODE_IMAGE,
+                "--metrics-port",
+                "9751",
+            ],
+            "--metrics-port goes with --output prestage or acm-policy",
+        ),
+        (
+            vec![
+                "-f",
+                "examples/e1000.yaml",
+                "-o",
+                "prestage",
+                "--node-image",
+                NODE_IMAGE,
+                "--metrics-port",
+                "0",
+            ],
+            "--metrics-port",
+        ),
+        (
             vec!["-f", "examples/e1000.yaml", "-o", "prestage"],
             "give --node-image",
         ),
@@ -777,4 +801,27 @@ fn the_alerts_name_metrics_the_node_exposes() {
             }
         }
     }
+}
+
+#[test]
+fn the_metrics_port_can_be_moved() {
+    let (yaml, _) = run(&[
+        "-f",
+        "examples/e1000.yaml",
+        "-o",
+        "prestage",
+        "--node-image",
+        NODE_IMAGE,
+        "--metrics-port",
+        "9751",
+    ]);
+    let objects = documents(&yaml);
+    assert_schema(&objects);
+    let metrics = &by_kind(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(metrics["command"][4], "9751");
+    assert_eq!(metrics["livenessProbe"]["httpGet"]["port"], 9751);
+    let port = &by_kind(&objects, "Service")["spec"]["ports"][0];
+    assert_eq!(port["port"], 9751);
+    assert_eq!(port["targetPort"], 9751);
+    assert!(!yaml.contains("9750"));
 }
