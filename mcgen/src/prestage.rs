@@ -13,10 +13,9 @@
 //!
 //! The pod stays on as the node's agent: its `metrics` container serves the node's kmod-day1
 //! state (`kmod-day1-pull --serve-metrics`) on the node's address, port [`METRICS_PORT`] unless
-//! `--metrics-port` says otherwise,
-//! behind a headless Service that a ServiceMonitor of OpenShift's user-workload monitoring
-//! scrapes, and a PrometheusRule alerts when a node fell back to the in-tree driver
-//! ([`monitoring_objects`]).
+//! `--metrics-port` says otherwise, behind a headless Service that a ServiceMonitor of
+//! OpenShift's user-workload monitoring scrapes, and a PrometheusRule alerts when a node fell
+//! back to the in-tree driver (`monitoring.rs`).
 
 use serde_json::{json, Value};
 use sha2::Digest;
