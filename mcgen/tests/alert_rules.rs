@@ -3,7 +3,8 @@
 //! (`promtool test rules`) on made-up scrapes: the fallback alert fires after its `for:` for a
 //! node that stays fallen back, once even when two configs' jobs scrape that node, not for a
 //! node whose reboot (no scrapes) ends the fallback, not for another config's sets; the pull
-//! alert likewise. Needs `promtool` (Debian: the `prometheus` package); skipped without it.
+//! alert likewise. Needs `promtool` (Debian: the `prometheus` package, which hack/install-deps
+//! installs); fails without it.
 
 mod support;
 
@@ -64,10 +65,10 @@ fn series(metric: &str, job: &str, node: &str, extra: &str, values: &str) -> Val
 
 #[test]
 fn the_alerts_fire_as_promtool_evaluates_them() {
-    if !have_promtool() {
-        eprintln!("promtool not found (apt-get install prometheus): skipping the rule evaluation");
-        return;
-    }
+    assert!(
+        have_promtool(),
+        "promtool is missing: hack/install-deps installs it (Debian's prometheus package)"
+    );
     let spec = rule_spec();
     let rules: Vec<&Value> = spec["groups"][0]["rules"]
         .as_array()
