@@ -170,6 +170,24 @@ pub fn check_oot_before_nm(r: &mut Report, f: &BootFacts) {
     check_network(r, f);
 }
 
+/// How the boots from index `from` on ended, checked against `want`; every boot's summary
+/// is the evidence.
+pub fn check_boot_ends(r: &mut Report, what: &str, boots: &[Boot], from: usize, want: &[BootEnd]) {
+    let ends: Vec<&BootEnd> = boots.iter().skip(from).map(|b| &b.end).collect();
+    r.check(
+        what,
+        ends.iter().copied().eq(want.iter()),
+        format!("boot ends from boot {}: {ends:?}", from + 1),
+        || {
+            boots
+                .iter()
+                .map(|b| b.summary())
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+}
+
 /// eth0 has its address and the node has no default route.
 pub fn check_network(r: &mut Report, f: &BootFacts) {
     let n = f.boot.number;

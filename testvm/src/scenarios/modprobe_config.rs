@@ -20,7 +20,7 @@ use crate::lab::{Lab, NodeOptions};
 use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::BootEnd;
 use crate::scenarios::e1000_node::boot_logged;
-use crate::scenarios::facts::{check_end, check_network, BootFacts};
+use crate::scenarios::facts::{check_boot_ends, check_end, check_network, BootFacts};
 use crate::scenarios::report::Report;
 
 /// The node's config.
@@ -89,18 +89,12 @@ pub fn run(lab: &mut Lab) -> Result<Report> {
             break;
         }
     }
-    let ends: Vec<_> = m.boots.iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "first apply: one reboot, then the swap boot powers off",
-        ends == [BootEnd::Reboot, BootEnd::PowerOff],
-        format!("{ends:?}"),
-        || {
-            m.boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        &m.boots,
+        0,
+        &[BootEnd::Reboot, BootEnd::PowerOff],
     );
     let Some(b) = m.boots.get(1) else {
         return Ok(r);

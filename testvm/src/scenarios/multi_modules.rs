@@ -28,7 +28,7 @@ use crate::modules_build::BENCH_MODULES;
 use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::{BootEnd, Machine};
 use crate::scenarios::e1000_node::boot_logged;
-use crate::scenarios::facts::{check_end, check_network, BootFacts};
+use crate::scenarios::facts::{check_boot_ends, check_end, check_network, BootFacts};
 use crate::scenarios::report::Report;
 
 /// Config name of the working modules (also used by the bench).
@@ -200,18 +200,12 @@ pub fn several_modules(n: &MultiNode) -> Report {
 pub fn broken_module(n: &MultiNode) -> Report {
     let mut r = Report::new("broken-module");
     let boots = &n.machine.boots;
-    let ends: Vec<_> = boots.iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "one reboot for the first apply, then no reboot loop over two more boots",
-        ends == [BootEnd::Reboot, BootEnd::PowerOff, BootEnd::PowerOff],
-        format!("boot ends {ends:?}"),
-        || {
-            boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        boots,
+        0,
+        &[BootEnd::Reboot, BootEnd::PowerOff, BootEnd::PowerOff],
     );
     for b in boots.iter().skip(1) {
         let f = BootFacts::new(b);

@@ -14,7 +14,7 @@ use crate::modules_build::OOT_E1000_MARKER;
 use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::BootEnd;
 use crate::scenarios::e1000_node::boot_logged;
-use crate::scenarios::facts::{check_network, BootFacts};
+use crate::scenarios::facts::{check_boot_ends, check_network, BootFacts};
 use crate::scenarios::report::Report;
 
 /// The node's config.
@@ -44,18 +44,12 @@ pub fn run(lab: &mut Lab) -> Result<Report> {
     for _ in 0..3 {
         boot_logged(lab, &mut m, &mut reg, &mut || false)?;
     }
-    let ends: Vec<_> = m.boots.iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "first apply: one reboot; then two boots that power off (no reboot loop)",
-        ends == [BootEnd::Reboot, BootEnd::PowerOff, BootEnd::PowerOff],
-        format!("{ends:?}"),
-        || {
-            m.boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        &m.boots,
+        0,
+        &[BootEnd::Reboot, BootEnd::PowerOff, BootEnd::PowerOff],
     );
     for b in m.boots.iter().skip(1) {
         let f = BootFacts::new(b);

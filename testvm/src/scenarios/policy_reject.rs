@@ -30,7 +30,9 @@ use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::BootEnd;
 use crate::registry::blob_downloads;
 use crate::scenarios::e1000_node::boot_logged;
-use crate::scenarios::facts::{check_end, check_network, check_oot_before_nm, BootFacts};
+use crate::scenarios::facts::{
+    check_boot_ends, check_end, check_network, check_oot_before_nm, BootFacts,
+};
 use crate::scenarios::report::Report;
 
 /// The repository the policy guards.
@@ -227,18 +229,12 @@ pub fn run(lab: &mut Lab) -> Result<Report> {
             break;
         }
     }
-    let after: Vec<_> = m.boots[1..].iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "signed: one reboot, then a power-off",
-        after == [BootEnd::Reboot, BootEnd::PowerOff],
-        format!("boots after signing: {after:?}"),
-        || {
-            m.boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        &m.boots,
+        1,
+        &[BootEnd::Reboot, BootEnd::PowerOff],
     );
     if let Some(b2) = m.boots.get(1) {
         let trusted = b2

@@ -12,7 +12,7 @@ use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::BootEnd;
 use crate::registry::blob_started;
 use crate::scenarios::e1000_node::boot_logged;
-use crate::scenarios::facts::{check_end, check_oot_before_nm, BootFacts};
+use crate::scenarios::facts::{check_boot_ends, check_end, check_oot_before_nm, BootFacts};
 use crate::scenarios::report::Report;
 
 /// Time between the registry starting to serve the big layer and the cut.
@@ -131,18 +131,12 @@ pub fn run(lab: &Lab) -> Result<Report> {
             shown.join(" ")
         },
     );
-    let ends: Vec<_> = m.boots.iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "the pull completes after the cut: one reboot, then a power-off",
-        ends == [BootEnd::Killed, BootEnd::Reboot, BootEnd::PowerOff],
-        format!("boot ends {ends:?}"),
-        || {
-            m.boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        &m.boots,
+        0,
+        &[BootEnd::Killed, BootEnd::Reboot, BootEnd::PowerOff],
     );
     if let Some(b3) = m.boots.get(2) {
         check_end(&mut r, b3, BootEnd::PowerOff);

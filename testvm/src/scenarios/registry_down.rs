@@ -9,7 +9,9 @@ use kmod_day1_contract::SetState;
 use crate::lab::{Lab, NodeOptions};
 use crate::qemu::BootEnd;
 use crate::scenarios::e1000_node::{boot_logged, config};
-use crate::scenarios::facts::{check_end, check_network, check_oot_before_nm, BootFacts};
+use crate::scenarios::facts::{
+    check_boot_ends, check_end, check_network, check_oot_before_nm, BootFacts,
+};
 use crate::scenarios::report::Report;
 
 /// The pull's retry budget on this node: the default (600 s) is made for real registries
@@ -74,18 +76,12 @@ pub fn run(lab: &mut Lab) -> Result<Report> {
             break;
         }
     }
-    let after: Vec<_> = m.boots[1..].iter().map(|b| b.end.clone()).collect();
-    r.check(
+    check_boot_ends(
+        &mut r,
         "registry back: one reboot, then a power-off",
-        after == [BootEnd::Reboot, BootEnd::PowerOff],
-        format!("boots after the registry came back: {after:?}"),
-        || {
-            m.boots
-                .iter()
-                .map(|b| b.summary())
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        &m.boots,
+        1,
+        &[BootEnd::Reboot, BootEnd::PowerOff],
     );
     if let Some(b) = m.boots.get(2) {
         check_oot_before_nm(&mut r, &BootFacts::new(b));
