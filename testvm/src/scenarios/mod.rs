@@ -37,6 +37,7 @@ pub const NAMES: &[&str] = &[
     "journal-priorities",
     "modprobe-config",
     "no-in-tree-driver-initrd",
+    "no-in-tree-driver-bundle",
     "registry-down",
     "nic-not-bound",
     "power-cut",
@@ -184,9 +185,21 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
     if wants("no-in-tree-driver-initrd") {
         let t = Instant::now();
         reports.push(
-            no_in_tree_driver::run(lab).unwrap_or_else(|e| failed("no-in-tree-driver-initrd", &e)),
+            no_in_tree_driver::run_initrd(lab)
+                .unwrap_or_else(|e| failed("no-in-tree-driver-initrd", &e)),
         );
         info!("no-in-tree node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    if wants("no-in-tree-driver-bundle") {
+        let t = Instant::now();
+        reports.push(
+            no_in_tree_driver::run_bundle(lab)
+                .unwrap_or_else(|e| failed("no-in-tree-driver-bundle", &e)),
+        );
+        info!(
+            "no-in-tree bundle nodes: {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     if wants("registry-down") {
         let t = Instant::now();
