@@ -122,6 +122,8 @@ fn stage_script() -> String {
         r#"#!/bin/bash
 # testvm: stage the newer commit as MCO does, then reboot.
 set -euo pipefail
+# The boot's final markers first: the reboot below cancels kd1-mark-final.service.
+/usr/local/libexec/kd1-mark final
 mark() {{ printf 'KD1-MARK stage.%s=%s\n' "$1" "$2" > /dev/kmsg; }}
 entries() {{ grep -h '^linux' /boot/loader/entries/*.conf 2>/dev/null | tr '\n' ' '; }}
 mark entries_before "$(entries)"

@@ -11,6 +11,7 @@ pub mod modprobe_config;
 pub mod multi_modules;
 pub mod nic_not_bound;
 pub mod no_in_tree_driver;
+pub mod ostree_node;
 pub mod policy_reject;
 pub mod power_cut;
 pub mod registry_down;
@@ -43,6 +44,10 @@ pub const NAMES: &[&str] = &[
     "power-cut",
     "policy-reject",
     "sig-enforced",
+    "ostree-first-apply",
+    "ostree-cached-boot",
+    "ostree-staged-upgrade",
+    "ostree-rollback",
 ];
 
 /// The outcome of a run of scenarios, with the bench timings gathered on the way.
@@ -225,6 +230,51 @@ pub fn run(lab: &mut Lab, names: &[&str], with_bench: bool) -> Result<Outcome> {
         let t = Instant::now();
         reports.push(sig_enforced::run(lab).unwrap_or_else(|e| failed("sig-enforced", &e)));
         info!("sig-enforced node: {:.0} s", t.elapsed().as_secs_f64());
+    }
+    let ostree_stage = if wants("ostree-rollback") {
+        Some(ostree_node::Stage::Rollback)
+    } else if wants("ostree-staged-upgrade") {
+        Some(ostree_node::Stage::Upgrade)
+    } else if wants("ostree-cached-boot") {
+        Some(ostree_node::Stage::Cached)
+    } else if wants("ostree-first-apply") {
+        Some(ostree_node::Stage::FirstApply)
+    } else {
+        None
+    };
+    if let Some(stage) = ostree_stage {
+        let t = Instant::now();
+        let (base, upgrade) = (&lab.img.base.release, &lab.img.upgrade.release);
+        match ostree_node::run(lab, stage) {
+            Ok(n) => {
+                if wants("ostree-first-apply") {
+                    reports.push(ostree_node::first_apply(&n));
+                }
+                if wants("ostree-cached-boot") {
+                    reports.push(ostree_node::cached_boot(&n));
+                }
+                if wants("ostree-staged-upgrade") {
+                    reports.push(ostree_node::staged_upgrade(&n, base, upgrade));
+                }
+                if wants("ostree-rollback") {
+                    reports.push(ostree_node::rollback(&n, base));
+                }
+            }
+            Err(e) => {
+                for n in [
+                    "ostree-first-apply",
+                    "ostree-cached-boot",
+                    "ostree-staged-upgrade",
+                    "ostree-rollback",
+                ]
+                .into_iter()
+                .filter(|n| wants(n))
+                {
+                    reports.push(failed(n, &e));
+                }
+            }
+        }
+        info!("ostree node: {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(Outcome {
         reports,
