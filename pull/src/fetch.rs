@@ -585,6 +585,19 @@ impl<'a> Repo<'a> {
                 })
             }
             Ok(Some(token)) => self.auth = AuthState::Bearer(token),
+            // oci-client asks `/v2/` again for the challenge; an answer without one while the
+            // registry just asked for a bearer token is a throttled or failing registry
+            // (a 429 or 5xx there), not one that takes basic credentials: try again later.
+            Ok(None) if challenge.contains("Bearer") => {
+                return Err(FetchError::Status {
+                    url: format!("{}://{}/v2/", self.client.scheme, self.client.api_host),
+                    status: 503,
+                    retry_after: None,
+                    message: format!(
+                        "the registry asked for a bearer token (WWW-Authenticate {challenge}) but its /v2/ answered without a challenge when asked again (throttled or failing)"
+                    ),
+                })
+            }
             Ok(None) if self.cred.is_some() => self.auth = AuthState::Basic,
             Ok(None) => {
                 return Err(FetchError::Auth {
@@ -605,6 +618,20 @@ impl<'a> Repo<'a> {
                         "the token service (realm of WWW-Authenticate {challenge}) answered no token (a JSON object with a string token or access_token): {}",
                         m.chars().take(200).collect::<String>().trim()
                     ),
+                })
+            }
+            // The token service's answer is not seen here, only its body: a distribution
+            // spec error code of a throttled or unavailable service is worth another try.
+            Err(oci_client::errors::OciDistributionError::AuthenticationFailure(m))
+                if ["TOOMANYREQUESTS", "UNAVAILABLE"]
+                    .iter()
+                    .any(|code| m.contains(code)) =>
+            {
+                return Err(FetchError::Status {
+                    url: format!("the token service of WWW-Authenticate {challenge}"),
+                    status: 503,
+                    retry_after: None,
+                    message: m.chars().take(200).collect::<String>().trim().to_owned(),
                 })
             }
             Err(oci_client::errors::OciDistributionError::AuthenticationFailure(m)) => {

@@ -1078,3 +1078,24 @@ fn the_upgrade_preflight_is_the_loaders_dry_run_for_the_staged_kernel() {
     .unwrap();
     assert!(record.error.unwrap().contains("cannot run it"));
 }
+
+#[test]
+fn a_throttled_registry_is_waited_for_also_while_authenticating() {
+    // The token flow opens connections of its own (the challenge asked again at /v2/, the
+    // token service): a 429 there, as a registry in front of a boot storm answers, is
+    // waited for, never taken for refused credentials or for a registry wanting basic auth.
+    let reg = Registry::start_with_auth(Auth::bearer("puller", "s3cret")).unwrap();
+    let (node, digest) = setup(&reg);
+    node.pull_secret(&reg.host(), "puller", "s3cret");
+    // The second request under /v2/ is the token flow's own /v2/.
+    let ping = reg.fault(Fault::status(429).on("/v2/").after(1).times(1));
+    node.run(30).expect(0).says("committed");
+    assert_eq!(reg.fault_fired(ping), 1);
+    assert_committed(&node, &digest, "oot-1");
+    let (node, digest) = setup(&reg);
+    node.pull_secret(&reg.host(), "puller", "s3cret");
+    let token = reg.fault(Fault::status(429).on("/token").times(2));
+    node.run(30).expect(0).says("committed");
+    assert_eq!(reg.fault_fired(token), 2);
+    assert_committed(&node, &digest, "oot-1");
+}

@@ -83,6 +83,7 @@ mod faults;
 mod http;
 mod image;
 mod server;
+mod throttle;
 
 use std::collections::btree_map::Entry;
 use std::io;
@@ -135,6 +136,7 @@ impl Registry {
             }),
             base_url: format!("http://{addr}"),
             blob_store_url,
+            throttle: Arc::new(Mutex::new(None)),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -153,6 +155,26 @@ impl Registry {
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// Serves at most `max` connections at once from now on: a connection beyond them gets
+    /// 429 with a `Retry-After` that reserves it a later slot (`slot` per `max` clients).
+    pub fn throttle(&self, max: usize, slot: std::time::Duration) {
+        *self
+            .shared
+            .throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(throttle::Throttle::new(max, slot));
+    }
+
+    /// Connections the throttle refused so far.
+    pub fn throttled(&self) -> u64 {
+        self.shared
+            .throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, throttle::Throttle::refused)
     }
 
     /// The socket address served.

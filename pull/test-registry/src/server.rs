@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) base_url: String,
     /// `http://127.0.0.1:<other port>`: the blob store blob GETs are redirected to.
     pub(crate) blob_store_url: String,
+    /// At most so many connections served at once (`Registry::throttle`).
+    pub(crate) throttle: Arc<Mutex<Option<crate::throttle::Throttle>>>,
 }
 
 /// Which listener a connection came in on.
@@ -122,6 +124,30 @@ struct Plan {
 pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, origin: Origin) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
+    let _slot = match crate::throttle::admit(&shared.throttle) {
+        crate::throttle::Admission::Served(slot) => slot,
+        crate::throttle::Admission::Refused(secs) => {
+            if let Ok(Some(request)) = read_request(&mut stream, &mut buf).await {
+                let mut response =
+                    error_response(429, "TOOMANYREQUESTS", "too many connections: try later");
+                response.set_header("Retry-After", secs.to_string());
+                shared.lock().log.push(RequestRecord {
+                    method: request.method.clone(),
+                    path: request.path.clone(),
+                    query: request.query.clone(),
+                    headers: request.headers.clone(),
+                    status: 429,
+                    faults: vec!["throttle"],
+                    proxied: request.proxied,
+                });
+                let _ = stream
+                    .write_all(&response.head_bytes(response.body.len(), false))
+                    .await;
+                let _ = stream.write_all(response.body.as_slice()).await;
+            }
+            return;
+        }
+    };
     loop {
         let request = match read_request(&mut stream, &mut buf).await {
             Ok(Some(request)) => request,
