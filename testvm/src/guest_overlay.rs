@@ -43,6 +43,46 @@ WantedBy=multi-user.target
 
 /// The kmod-day1 units' logs also go to the kernel log, hence to the serial console with
 /// kernel timestamps (a test-only drop-in: the product units are unchanged).
+/// Where a node's held-back kernel update waits (`lab.rs`), as a package manager's download.
+pub const KERNEL_UPDATE_DIR: &str = "/var/cache/kd1-kernel-update";
+
+/// A kernel update during a running boot, as a package manager and `kernel-install` do it:
+/// the kernel and its modules in place, then its BLS entry, then a reboot a few seconds
+/// later; only on a boot with `kd1.install_kernel_update` on its command line. It runs after
+/// the final markers (which then do not power off), so they show the node before the update.
+const KERNEL_UPDATE_UNIT: &str = "[Unit]
+Description=testvm: install the held-back kernel update, then reboot
+ConditionKernelCommandLine=kd1.install_kernel_update
+ConditionPathExists=/var/cache/kd1-kernel-update/release
+After=multi-user.target kmod-day1-pull.service kd1-mark-final.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/libexec/kd1-kernel-update
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const KERNEL_UPDATE_SCRIPT: &str = r#"#!/bin/bash
+# testvm: install the held-back kernel (files, modules, then the boot entry), then reboot.
+set -euo pipefail
+src=/var/cache/kd1-kernel-update
+k=$(cat "$src/release")
+cp -a "$src/modules/$k" /usr/lib/modules/
+cp -a "$src"/boot/* /boot/
+mkdir -p /boot/loader/entries
+printf 'title Debian GNU/Linux 12 (%s)\nversion %s\nlinux /vmlinuz-%s\ninitrd /initrd.img-%s\noptions root=/dev/vda rw\n' \
+    "$k" "$k" "$k" "$k" > "/boot/loader/entries/debian-$k.conf.tmp"
+mv "/boot/loader/entries/debian-$k.conf.tmp" "/boot/loader/entries/debian-$k.conf"
+rm -rf "$src"
+sync
+echo "KD1-MARK final.kernel_update_installed=$k" > /dev/kmsg
+echo "KD1-MARK final.entries_after_update=$(ls /boot/loader/entries | tr '\n' ' ')" > /dev/kmsg
+sleep 3
+systemctl reboot --no-block
+"#;
+
 const LOG_DROPIN: &str = "[Service]
 StandardOutput=kmsg
 StandardError=kmsg
@@ -80,6 +120,8 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
     let libexec = root.join("usr/local/libexec");
     write_file(&libexec.join("kd1-mark"), MARK_SCRIPT)?;
     chmod(&libexec.join("kd1-mark"), 0o755)?;
+    write_file(&libexec.join("kd1-kernel-update"), KERNEL_UPDATE_SCRIPT)?;
+    chmod(&libexec.join("kd1-kernel-update"), 0o755)?;
     if let Some(b) = &o.bench_script {
         write_file(&libexec.join("kd1-bench"), b)?;
         chmod(&libexec.join("kd1-bench"), 0o755)?;
@@ -88,6 +130,7 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
     for (name, text) in [
         ("kd1-mark-prepull.service", PREPULL_UNIT),
         ("kd1-mark-final.service", FINAL_UNIT),
+        ("kd1-kernel-update.service", KERNEL_UPDATE_UNIT),
     ] {
         write_file(&sd.join(name), text)?;
         let wants = sd.join("multi-user.target.wants");
@@ -98,7 +141,11 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
             .with_context(|| format!("enabling {name}"))?;
     }
     if o.unit_log == UnitLog::Console {
-        for unit in ["kmod-day1-load.service", "kmod-day1-pull.service"] {
+        for unit in [
+            "kmod-day1-load.service",
+            "kmod-day1-pull.service",
+            "kmod-day1-pull-shutdown.service",
+        ] {
             write_file(
                 &sd.join(format!("{unit}.d/90-testvm-console.conf")),
                 LOG_DROPIN,

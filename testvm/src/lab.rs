@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::cmd::run;
 use crate::dirs::{write_file, Dirs};
-use crate::guest_overlay::{self, Overlay, UnitLog};
+use crate::guest_overlay::{self, Overlay, UnitLog, KERNEL_UPDATE_DIR};
 use crate::ignition_apply;
 use crate::kmod_image::{self, ImageSpec, PushedImage};
 use crate::modules_build::{self, BuiltModules, FIRMWARE};
@@ -57,6 +57,10 @@ pub struct NodeOptions {
     pub files: Vec<(String, String)>,
     /// Where the kmod-day1 units log.
     pub unit_log: UnitLog,
+    /// A kernel release held back as a downloaded update: its files are not installed and it
+    /// has no boot entry until a boot with `kd1.install_kernel_update` on its command line
+    /// installs it (`guest_overlay.rs`), as a package manager and `kernel-install` do.
+    pub kernel_update: Option<String>,
 }
 
 impl Lab {
@@ -182,7 +186,15 @@ impl Lab {
                 format!("[Service]\n{d}\n"),
             )?;
         }
-        for k in self.img.kernels() {
+        if let Some(k) = &o.kernel_update {
+            hold_back_kernel(&files.root, k)?;
+        }
+        for k in self
+            .img
+            .kernels()
+            .into_iter()
+            .filter(|k| o.kernel_update.as_ref() != Some(&k.release))
+        {
             write_file(
                 &files.root.join(format!("boot/loader/entries/debian-{}.conf", k.release)),
                 format!(
@@ -203,4 +215,23 @@ impl Lab {
         );
         Ok(Machine::new(name, &dir, &files.disk, self.img.base.clone()))
     }
+}
+
+/// Moves kernel `release`'s files (`/boot/*-<release>`, its modules) from their installed
+/// places to [`KERNEL_UPDATE_DIR`], where the guest's update unit finds them.
+fn hold_back_kernel(root: &Path, release: &str) -> Result<()> {
+    let to = root.join(KERNEL_UPDATE_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(to.join("boot"))?;
+    std::fs::create_dir_all(to.join("modules"))?;
+    for f in ["vmlinuz", "initrd.img", "config", "System.map"] {
+        let from = root.join(format!("boot/{f}-{release}"));
+        if from.exists() {
+            std::fs::rename(&from, to.join(format!("boot/{f}-{release}")))
+                .with_context(|| format!("holding back {}", from.display()))?;
+        }
+    }
+    let modules = root.join(format!("usr/lib/modules/{release}"));
+    std::fs::rename(&modules, to.join("modules").join(release))
+        .with_context(|| format!("holding back {}", modules.display()))?;
+    write_file(&to.join("release"), release)
 }

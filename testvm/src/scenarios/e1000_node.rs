@@ -3,9 +3,13 @@
 //!
 //! 1. boots 1-2, **first apply**: boot 1 on the in-tree e1000, the pull stores the image
 //!    and reboots once; boot 2 swaps to the out-of-tree e1000 before NetworkManager.
-//! 2. boot 3, **cached boot**: no blob download, no reboot, swap before NetworkManager.
-//! 3. boot 4, **kernel upgrade**: the node boots the newer kernel of its second boot entry;
-//!    its image was prefetched, so the swap happens on that first boot without a reboot.
+//! 2. boot 3, **cached boot**: no blob of the running kernel's image downloaded, no reboot
+//!    asked by kmod-day1-pull, swap before NetworkManager. After its final markers a kernel
+//!    update is installed as a package manager and `kernel-install` do (files, then the boot
+//!    entry; until then the node has no trace of that kernel), and the node reboots.
+//! 3. boot 4, **kernel upgrade**: the node boots the new kernel's entry; the stop step fetched
+//!    its image during boot 3's shutdown, so the swap happens on that first boot without a
+//!    reboot or a download.
 //! 4. boot 5, **baseline** for the bench: `kmod_day1.disable` on the base kernel.
 //!
 //! Reusing one node is honest here: each step starts from the state the previous left,
@@ -42,6 +46,8 @@ pub struct E1000Node {
     pub registry: Vec<String>,
     /// Boots of the first apply (until the first power-off).
     pub first_apply_boots: usize,
+    /// Layer digests of the running (base) kernel's image.
+    pub base_layers: Vec<String>,
 }
 
 /// The config: swap e1000 for the image tagged with the kernel release.
@@ -82,6 +88,8 @@ pub fn run(lab: &Lab, stage: Stage) -> Result<E1000Node> {
         "e1000",
         &NodeOptions {
             configs: vec![config(lab)],
+            // The newer kernel arrives as an update during the cached boot, not before.
+            kernel_update: Some(lab.img.upgrade.release.clone()),
             ..NodeOptions::default()
         },
     )?;
@@ -94,9 +102,18 @@ pub fn run(lab: &Lab, stage: Stage) -> Result<E1000Node> {
     let first_apply_boots = machine.boots.len();
     let healthy = machine.boots.last().map(|b| b.end == BootEnd::PowerOff) == Some(true);
     if stage >= Stage::Cached && healthy {
+        // The cached boot installs the kernel update (files, then its boot entry) after its
+        // pull, and reboots: the stop step fetches the new kernel's image at that shutdown.
+        machine.extra_cmdline = if stage >= Stage::Upgrade {
+            "kd1.install_kernel_update".into()
+        } else {
+            String::new()
+        };
         boot_logged(lab, &mut machine, &mut registry, &mut || false)?;
+        machine.extra_cmdline.clear();
     }
     if stage >= Stage::Upgrade && healthy {
+        // The boot loader's default entry is now the new kernel's (written by the update).
         machine.kernel = lab.img.upgrade.clone();
         boot_logged(lab, &mut machine, &mut registry, &mut || false)?;
         machine.kernel = lab.img.base.clone();
@@ -106,11 +123,21 @@ pub fn run(lab: &Lab, stage: Stage) -> Result<E1000Node> {
         boot_logged(lab, &mut machine, &mut registry, &mut || false)?;
         machine.extra_cmdline.clear();
     }
+    let base_layers = base_layers(lab);
     Ok(E1000Node {
         machine,
         registry,
         first_apply_boots,
+        base_layers,
     })
+}
+
+/// Layer digests of the base kernel's `kd1/e1000` image (what a cached boot must not fetch).
+pub fn base_layers(lab: &Lab) -> Vec<String> {
+    lab.images
+        .get(&format!("kd1/e1000:{}", lab.img.base.release))
+        .map(|i| i.layers.clone())
+        .unwrap_or_default()
 }
 
 /// Scenario 1: first apply.
@@ -205,17 +232,36 @@ pub fn cached_boot(n: &E1000Node) -> Report {
         ));
         return r;
     };
-    check_end(&mut r, b, BootEnd::PowerOff);
     let f = BootFacts::new(b);
+    if f.get("kernel_update_installed").is_some() {
+        // The kernel update's reboot, not the pull's.
+        check_end(&mut r, b, BootEnd::Reboot);
+        let last_pull = f.file("last_pull").unwrap_or_default();
+        r.check(
+            "the reboot is the kernel update's: the pull asked for none",
+            f.get("end") == Some("kernel-update") && !last_pull.contains("\"requested\""),
+            format!("final marker end={:?}", f.get("end")),
+            || last_pull.clone(),
+        );
+    } else {
+        check_end(&mut r, b, BootEnd::PowerOff);
+    }
     check_oot_before_nm(&mut r, &f);
     let seg = n
         .registry
         .get(n.first_apply_boots)
         .map(String::as_str)
         .unwrap_or_default();
-    let blobs = blob_downloads(seg);
+    // The stop step may fetch the new kernel's image at this boot's shutdown: only the
+    // running kernel's blobs count.
+    let blobs: Vec<String> = blob_downloads(seg)
+        .into_iter()
+        .filter(|l| {
+            n.base_layers.is_empty() || n.base_layers.iter().any(|d| l.contains(d.as_str()))
+        })
+        .collect();
     r.check(
-        "no blob downloaded",
+        "no blob of the running kernel's image downloaded",
         blobs.is_empty(),
         format!("{} blob downloads", blobs.len()),
         || blobs.join("\n"),
@@ -247,22 +293,60 @@ pub fn kernel_upgrade(n: &E1000Node, upgrade_kernel: &str) -> Report {
         ),
         || BootFacts::new(b).excerpt("Linux version"),
     );
-    // The prefetch: the store had the upgrade kernel's ref before that kernel ever booted.
+    // The update as a real node gets it: no trace of the new kernel until the previous
+    // boot installed it, after that boot's pull.
     let before = &n.machine.boots[idx - 1];
-    let store = BootFacts::new(before).file("store").unwrap_or_default();
+    let (pre, fin) = (BootFacts::prepull(before), BootFacts::new(before));
+    let entries = |f: &BootFacts| f.file("boot_entries").unwrap_or_default();
+    let after = fin.get("entries_after_update").unwrap_or_default();
     r.check(
-        "the upgraded kernel's image was prefetched while the old kernel ran",
-        store
-            .lines()
-            .any(|l| l.contains("/refs/") && l.contains(upgrade_kernel)),
+        "the new kernel's boot entry appeared during the previous boot, after its pull",
+        !entries(&pre).contains(upgrade_kernel)
+            && !entries(&fin).contains(upgrade_kernel)
+            && after.contains(upgrade_kernel)
+            && fin.get("kernel_update_installed") == Some(upgrade_kernel),
         format!(
-            "store listing of boot {} has a ref for {upgrade_kernel}",
-            before.number
+            "boot {} entries before the pull: {:?}; after the update: {after:?}",
+            before.number,
+            entries(&pre).lines().collect::<Vec<_>>(),
         ),
-        || store.clone(),
+        || fin.excerpt("kd1-kernel-update"),
+    );
+    // The prefetch: the stop step fetched the new kernel's image at that boot's shutdown.
+    let stop_lines: Vec<&str> = before
+        .serial
+        .lines()
+        .filter(|l| l.contains("kmod-day1-pull") && l.contains(upgrade_kernel))
+        .collect();
+    r.check(
+        "the stop step fetched the new kernel's image during the previous boot's shutdown",
+        stop_lines.iter().any(|l| l.contains("committed"))
+            && fin.file("store").is_some_and(|s| {
+                !s.lines()
+                    .any(|l| l.contains("/refs/") && l.contains(upgrade_kernel))
+            }),
+        format!(
+            "{} stop-step lines naming {upgrade_kernel}; no ref for it before the shutdown",
+            stop_lines.len()
+        ),
+        || stop_lines.join("\n"),
+    );
+    let f = BootFacts::new(b);
+    let verdict = f.status().and_then(|s| s.preflight).map(|p| {
+        p.sets
+            .iter()
+            .map(|s| format!("{}/{}: {}", s.config, s.set, s.state))
+            .collect::<Vec<_>>()
+    });
+    r.check(
+        "its status carries the upgrade preflight made before the reboot: would swap",
+        verdict
+            .as_ref()
+            .is_some_and(|v| !v.is_empty() && v.iter().all(|s| s.ends_with("wouldSwap"))),
+        format!("{verdict:?}"),
+        || f.file("status").unwrap_or_default(),
     );
     check_end(&mut r, b, BootEnd::PowerOff);
-    let f = BootFacts::new(b);
     check_oot_before_nm(&mut r, &f);
     let seg = n.registry.get(idx).map(String::as_str).unwrap_or_default();
     r.check(
