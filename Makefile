@@ -52,10 +52,12 @@ test-vm:
 	hack/install-deps vm
 	$(CARGO) run --release -p kmod-day1-testvm -- all
 
-# Pull vs skopeo on loopback (host), then the VM timings (boot, loader vs modprobe).
+# Pull vs skopeo on loopback (host), the boot storm (500 nodes, one throttling registry),
+# then the VM timings (boot, loader vs modprobe).
 bench: static
 	hack/install-deps vm
 	$(CARGO) run --release -p kmod-day1-pull --example bench_vs_skopeo
+	$(CARGO) run --release -p kmod-day1-pull --example boot_storm
 	$(CARGO) run --release -p kmod-day1-testvm -- bench
 
 # Rewrites mcgen's golden files from the current output, and the dracut module's

@@ -2,7 +2,7 @@
 //! `make bench` part: a boot storm. N nodes (default 500) pull the same kmod image (default
 //! 50 MB of real kernel modules, from Debian's kernel package) at once from one registry on
 //! loopback that throttles as a registry in front of a fleet does: at most 64 connections
-//! served at once, `429 Too Many Requests` with a `Retry-After` beyond. Each node is a
+//! served at once (with a request in flight), `429 Too Many Requests` with a `Retry-After` beyond. Each node is a
 //! separate process of the real (static) kmod-day1-pull with its own store, connections,
 //! retry state, token (the registry's token flow, with the node's pull secret) and budget
 //! (the default 600 s). Pass: every pull completes in its budget and
@@ -60,7 +60,7 @@ fn main() {
     registry.push_image(REPO, K, &image);
     let compressed: usize = image.layers.iter().map(|l| l.bytes.len()).sum();
     println!(
-        "boot storm: {nodes} nodes, image {} MB of modules ({} MB gzip), registry on loopback serving {MAX_CONNECTIONS} connections at once, 429 + Retry-After beyond",
+        "boot storm: {nodes} nodes, image {} MB of modules ({} MB gzip), registry on loopback serving {MAX_CONNECTIONS} connections at once (requests in flight), 429 + Retry-After beyond",
         raw / 1_000_000,
         compressed / 1_000_000
     );

@@ -157,8 +157,9 @@ impl Registry {
         })
     }
 
-    /// Serves at most `max` connections at once from now on: a connection beyond them gets
-    /// 429 with a `Retry-After` that reserves it a later slot (`slot` per `max` clients).
+    /// Serves at most `max` requests at once from now on (connections with a request in
+    /// flight): a request beyond them gets 429 with a `Retry-After` that reserves its client
+    /// a later slot (`slot` per `max` clients, at most a minute ahead).
     pub fn throttle(&self, max: usize, slot: std::time::Duration) {
         *self
             .shared

@@ -124,30 +124,6 @@ struct Plan {
 pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream, origin: Origin) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
-    let _slot = match crate::throttle::admit(&shared.throttle) {
-        crate::throttle::Admission::Served(slot) => slot,
-        crate::throttle::Admission::Refused(secs) => {
-            if let Ok(Some(request)) = read_request(&mut stream, &mut buf).await {
-                let mut response =
-                    error_response(429, "TOOMANYREQUESTS", "too many connections: try later");
-                response.set_header("Retry-After", secs.to_string());
-                shared.lock().log.push(RequestRecord {
-                    method: request.method.clone(),
-                    path: request.path.clone(),
-                    query: request.query.clone(),
-                    headers: request.headers.clone(),
-                    status: 429,
-                    faults: vec!["throttle"],
-                    proxied: request.proxied,
-                });
-                let _ = stream
-                    .write_all(&response.head_bytes(response.body.len(), false))
-                    .await;
-                let _ = stream.write_all(response.body.as_slice()).await;
-            }
-            return;
-        }
-    };
     loop {
         let request = match read_request(&mut stream, &mut buf).await {
             Ok(Some(request)) => request,
@@ -161,6 +137,15 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream,
                 return;
             }
         };
+        // A throttled registry serves so many requests at once; one beyond them is
+        // answered 429 (the connection closed), an idle kept-alive connection holds nothing.
+        let _slot = match crate::throttle::admit(&shared.throttle) {
+            crate::throttle::Admission::Served(slot) => slot,
+            crate::throttle::Admission::Refused(secs) => {
+                refuse(&shared, &mut stream, &request, secs).await;
+                return;
+            }
+        };
         let plan = plan(&shared, &request, origin);
         let keep_alive = request.keep_alive() && !plan.close;
         match send(&mut stream, plan, request.method == "HEAD", keep_alive).await {
@@ -168,6 +153,25 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, mut stream: TcpStream,
             _ => return,
         }
     }
+}
+
+/// Answers `request` 429 with `Retry-After: secs` (the throttle), and logs it.
+async fn refuse(shared: &Shared, stream: &mut TcpStream, request: &Request, secs: u64) {
+    let mut response = error_response(429, "TOOMANYREQUESTS", "too many requests: try later");
+    response.set_header("Retry-After", secs.to_string());
+    shared.lock().log.push(RequestRecord {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        headers: request.headers.clone(),
+        status: 429,
+        faults: vec!["throttle"],
+        proxied: request.proxied,
+    });
+    let _ = stream
+        .write_all(&response.head_bytes(response.body.len(), false))
+        .await;
+    let _ = stream.write_all(response.body.as_slice()).await;
 }
 
 /// Decides the answer to `request`: faults, authentication, routing; logs it.

@@ -1,12 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 //! A registry that throttles, as one in front of a fleet's boot storm does: at most `max`
-//! connections are served at once; a connection beyond them gets `429 Too Many Requests` to
-//! its first request and is closed. Its `Retry-After` is a reservation: each refused client
-//! is told to come back when a slot should be free for it (`slot` per `max` clients, in
-//! order), so that clients honouring it arrive spread out rather than in waves.
+//! requests are served at once (a connection with a request in flight; an idle kept-alive
+//! one holds nothing); a request beyond them gets `429 Too Many Requests` and its connection
+//! is closed. Its `Retry-After` is a reservation: each refused client is told to come back
+//! when a slot should be free for it (`slot` per `max` clients, in order, at most
+//! [`MAX_RETRY_AFTER`] ahead), so that clients honouring it arrive spread out rather than in
+//! waves.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The furthest a reservation reaches: a client is never told to wait longer.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The throttle's settings and state.
 #[derive(Debug)]
@@ -70,7 +75,7 @@ pub(crate) fn admit(throttle: &Arc<Mutex<Option<Throttle>>>) -> Admission {
     }
     let now = Instant::now();
     let step = t.slot / t.max as u32;
-    let at = t.next_free.filter(|n| *n > now).unwrap_or(now) + step;
+    let at = (t.next_free.filter(|n| *n > now).unwrap_or(now) + step).min(now + MAX_RETRY_AFTER);
     t.next_free = Some(at);
     t.refused += 1;
     let wait = at.saturating_duration_since(now);
