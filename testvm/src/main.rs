@@ -29,9 +29,10 @@ enum Cmd {
     /// Runs every scenario and prints the timings.
     All,
     /// Runs the named scenarios (first-apply, cached-boot, kernel-upgrade, several-modules,
-    /// broken-module, journal-priorities, modprobe-config, registry-down, power-cut,
-    /// policy-reject);
-    /// scenarios of one node share its boots.
+    /// broken-module, journal-priorities, modprobe-config, no-in-tree-driver-initrd,
+    /// no-in-tree-driver-bundle, registry-down, nic-not-bound, power-cut, policy-reject,
+    /// sig-enforced, ostree-first-apply, ostree-cached-boot, ostree-staged-upgrade,
+    /// ostree-rollback); scenarios of one node share its boots.
     Scenario {
         /// Scenario names.
         #[arg(required = true)]
