@@ -7,7 +7,7 @@
 //! retry state, token (the registry's token flow, with the node's pull secret) and budget
 //! (the default 600 s). Pass: every pull completes in its budget and
 //! the registry sees at most twice the requests one pull alone makes. Beside it, skopeo at
-//! the largest N this machine's memory allows (`SKOPEO_NODES`, default 100: say which).
+//! the same N (`SKOPEO_NODES` for fewer: 500 fit in 24 GiB with room to spare).
 //!
 //! cargo run --release -p kmod-day1-pull --example boot_storm -- [NODES] [MB]
 //!
@@ -39,7 +39,7 @@ fn main() {
     let skopeo_nodes: usize = std::env::var("SKOPEO_NODES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
+        .unwrap_or(nodes)
         .min(nodes);
     let bin = PathBuf::from("target/x86_64-unknown-linux-gnu/release/kmod-day1-pull");
     assert!(
@@ -116,7 +116,7 @@ fn main() {
     );
     let sk_requests = registry.requests();
     println!(
-        "skopeo copy at {skopeo_nodes} nodes (SKOPEO_NODES; skopeo keeps each copy's layers in an OCI layout and its process around for the whole wait: the largest N run here): {} completed, {sk_failed} failed; median {:.1} s, p99 {:.1} s; {:.2} requests per copy, {} answered 429",
+        "skopeo copy at {skopeo_nodes} nodes: {} completed, {sk_failed} failed (skopeo gives up on a 429 after a few tries); median {:.1} s, p99 {:.1} s; {:.2} requests per copy, {} answered 429",
         sk_times.len(),
         percentile(&sk_times, 50),
         percentile(&sk_times, 99),
