@@ -8,24 +8,10 @@
 mod schema;
 mod support;
 
-use serde::Deserialize;
 use serde_json::Value;
-use support::{mcgen, NODE_IMAGE};
+use support::{documents, mcgen, mcgen_ok as run, NODE_IMAGE};
 
 const SELECTOR: [&str; 2] = ["--cluster-selector", "kmod-day1=e1000"];
-
-fn run(args: &[&str]) -> (String, String) {
-    let out = mcgen(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "mcgen {args:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("a YAML document"))
-        .collect()
-}
 
 fn policy_for(extra: &[&str]) -> (Vec<Value>, String) {
     let mut args = vec![

@@ -8,24 +8,10 @@
 mod schema;
 mod support;
 
-use serde::Deserialize;
 use serde_json::Value;
-use support::{mcgen, NODE_IMAGE};
+use support::{documents, mcgen, mcgen_ok as run, NODE_IMAGE};
 
 const PINNED: &str = "quay.io/kmod-day1/node@sha256:4e1f5cbd3cf2a8b2f3bd0f9a6c7e2d1b0a9f8e7d6c5b4a3928170615f4e3d2c1";
-
-fn run(args: &[&str]) -> (String, String) {
-    let out = mcgen(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "mcgen {args:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("a YAML document"))
-        .collect()
-}
 
 fn assert_schema(objects: &[Value]) {
     for o in objects {

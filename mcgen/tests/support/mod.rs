@@ -39,6 +39,24 @@ pub fn mcgen(args: &[&str]) -> Output {
         .expect("running mcgen")
 }
 
+/// Runs mcgen, which must succeed: its stdout and stderr.
+#[allow(dead_code)]
+pub fn mcgen_ok(args: &[&str]) -> (String, String) {
+    let out = mcgen(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "mcgen {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+/// The documents of a multi-document YAML stream, as JSON values.
+#[allow(dead_code)]
+pub fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize as _;
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|d| serde_json::Value::deserialize(d).expect("a YAML document"))
+        .collect()
+}
+
 /// Checks an Ignition config with the real `ignition-validate` (Debian's ignition 2.14,
 /// which knows spec 3.0 to 3.3) and with the ignition-config crate (no warnings).
 #[allow(dead_code)] // not every test binary uses every helper
