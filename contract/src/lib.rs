@@ -29,9 +29,12 @@ pub use node_facts::{
     boot_id, kernel_command_line, kernel_command_line_text, kernel_release, NodeFactError,
     BOOT_ID_FILE, CMDLINE_FILE, OSRELEASE_FILE,
 };
-pub use preflight::{SetVerdict, UpgradePreflight, PREFLIGHT_VERSION};
+pub use preflight::{
+    SetVerdict, SymbolMismatch, SymbolVersions, UpgradePreflight, PREFLIGHT_VERSION,
+};
 pub use status::{
-    BootStatus, DeviceStatus, ModuleStatus, SetState, SetStatus, STATUS_FILE, STATUS_VERSION,
+    BootStatus, DeviceStatus, ModuleStatus, SetState, SetStatus, INSTALLED_THIS_BOOT_FILE,
+    STATUS_FILE, STATUS_VERSION,
 };
 pub use store::{
     image_key, is_valid_tree_id, read_json, sync_dir, write_atomic, write_json_atomic, PullRecord,

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 /// Default location of the boot status.
 pub const STATUS_FILE: &str = "/run/kmod-day1/status.json";
 
+/// Created by `kmod-day1-install` (mcgen `--delivery image`) when it puts the node binaries
+/// in place: on `/run`, so it says "installed during this boot", after the loader's turn.
+/// The pull then knows why the loader left no status, and that a reboot lets it run.
+pub const INSTALLED_THIS_BOOT_FILE: &str = "/run/kmod-day1/node-binaries-installed";
+
 /// Version of the status format.
 pub const STATUS_VERSION: u32 = 1;
 

@@ -40,6 +40,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--kmsg",
     "--boot-id-file",
     "--modprobe-dir",
+    "--symvers",
     "--bind-timeout",
 ];
 
@@ -100,14 +101,24 @@ DESCRIPTION
     With --dry-run the loader plans and touches nothing: no module is loaded or
     unloaded, no firmware copied, no status written. It prints, per module set, what
     would be unloaded, what would be loaded in which order with which parameters and
-    where each comes from, the firmware to copy, the devices expected to bind, and what a
-    rollback would load back;
+    where each comes from, the firmware to copy, the devices expected to bind, the symbol
+    versions checked (or why not, and each mismatch), and what a rollback would load back;
     --json prints the same plan, and the modprobe configuration read, as one JSON
     document. The real run executes the same plan from the same planner. For the running
     kernel the plan starts from the loaded modules (/sys/module); for another release
     (--kernel-release, with --modules-root and --modprobe-dir of another deployment) from
     that kernel's boot: nothing loaded but the in-tree modules to remove. The exit status
     is what the real run's would be (a set failing preflight: 1).
+
+    Symbol versions (modversions): where the kernel's table of symbol CRCs is found
+    (--symvers; RHEL and RHCOS ship it as /usr/lib/modules/<kver>/symvers.gz), the CRC
+    of every symbol each image module to load imports (its __versions section, or
+    __version_ext_crcs/__version_ext_names on Linux 6.15+) must be the kernel's, and every
+    symbol must be exported by the kernel, by a node module or by a module of the set
+    (whose CRCs the kernel compares at load); a module without symbol versions for a
+    kernel with them is refused too. Otherwise the set fails preflight, naming the
+    module, the symbol and both CRCs, before anything is unloaded. Without a table
+    nothing is compared and the plan says why: the kernel checks them at load.
 
     Secure Boot: when the kernel enforces module signatures (module.sig_enforce, or
     lockdown in integrity or confidentiality mode), each image module to load (after
@@ -150,6 +161,11 @@ OPTIONS
                           first use replaces the list)          [/etc/modprobe.d
                           /run/modprobe.d /usr/local/lib/modprobe.d /usr/lib/modprobe.d
                           /lib/modprobe.d]
+    --symvers FILE        the kernel's symbol versions (Module.symvers format, gzip or
+                          plain)                                [the first that exists of
+                          MODULES/symvers.gz, MODULES/symvers, /boot/symvers-<kver>.gz,
+                          MODULES/build/Module.symvers; MODULES is
+                          <modules-root>/<kver>]
     --bind-timeout SECS   how long the devices may take to bind
                           after the load (ice, mlx5: 5-20 s)    [30]
     --dry-run             print the plan, touch nothing
@@ -252,6 +268,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, U
             "--boot-id-file" => o.boot_id_file = path,
             "--bind-timeout" => o.bind_timeout = parse_seconds(&flag, &value)?,
             "--modprobe-dir" => modprobe_dirs.get_or_insert_with(Vec::new).push(path),
+            "--symvers" => o.symvers = Some(path),
             _ => unreachable!("every value flag is handled"),
         }
     }
@@ -319,6 +336,7 @@ mod tests {
         assert_eq!(o.kmsg, PathBuf::from("/x--kmsg"));
         assert_eq!(o.boot_id_file, PathBuf::from("/x--boot-id-file"));
         assert_eq!(o.modprobe_dirs, [PathBuf::from("/x--modprobe-dir")]);
+        assert_eq!(o.symvers, Some(PathBuf::from("/x--symvers")));
         assert_eq!(o.bind_timeout, Duration::from_millis(2500));
         assert!(o.verbose);
         assert!(!o.dry_run);

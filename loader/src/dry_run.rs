@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use kmod_day1_contract::{KernelRelease, SetState};
+use kmod_day1_contract::{KernelRelease, SetState, SymbolVersions};
 use serde_json::{json, Value};
 
 use crate::modprobe_conf::{ModprobeConfig, NamedLine};
@@ -34,6 +34,8 @@ pub struct DrySet {
     pub manifest_digest: Option<String>,
     pub error: Option<String>,
     pub plan: Option<SetPlan>,
+    /// The symbol check's report, when the plan got that far (also when it refused the set).
+    pub symbols: Option<SymbolVersions>,
 }
 
 impl DrySet {
@@ -45,6 +47,7 @@ impl DrySet {
             manifest_digest: None,
             error: None,
             plan: None,
+            symbols: None,
         }
     }
 }
@@ -229,6 +232,7 @@ fn set_json(s: &DrySet, firmware_dir: &Path) -> Value {
         "image": s.image,
         "manifestDigest": s.manifest_digest,
         "error": s.error,
+        "symbolVersions": s.symbols,
     });
     if let Some(p) = &s.plan {
         o["unload"] = json!(p.unload);
@@ -318,6 +322,18 @@ fn set_text(s: &DrySet, firmware_dir: &Path) -> String {
     if let Some(e) = &s.error {
         t += &format!("  error: {e}\n");
     }
+    if let Some(sv) = &s.symbols {
+        t += &format!("  {}\n", sv.summary());
+        for m in &sv.mismatches {
+            t += &format!(
+                "    {} imports {}: CRC {}, the kernel's {}\n",
+                m.module,
+                m.symbol,
+                m.module_crc,
+                m.kernel_crc.as_deref().unwrap_or("none (not exported)")
+            );
+        }
+    }
     let Some(p) = &s.plan else { return t };
     if p.unload.is_empty() {
         t += "  unload: nothing\n";
@@ -385,6 +401,7 @@ mod tests {
             firmware_dir: &fw,
             bind_timeout: std::time::Duration::ZERO,
             module_trust: &crate::secure_boot::ModuleTrust::not_enforced(),
+            symvers: &crate::symvers::KernelSymvers::search(&f.node_dir(), &f.path("boot"), KVER),
         };
         let mut set = f.set(&["ice"], &["ice"]);
         set.modules[0].parameters = vec!["debug=1".parse().unwrap()];
@@ -395,6 +412,7 @@ mod tests {
             set: &set,
             image: &image,
             firmware: Some(&fw_src),
+            image_ref: "registry.local/kmod/ice:v1",
         };
         let kver = KernelRelease::new(KVER).unwrap();
         let dir = f.node_dir();
@@ -500,5 +518,99 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }
+    }
+
+    /// The dry run of a set whose ice imports `pci_enable_device` with `crc`, against a
+    /// kernel table exporting it with 0x5678ef01.
+    fn dry_symbols(crc: u32) -> (Value, String) {
+        let f = Fixture::new();
+        f.node_module("ice", "kernel/ice.ko", &[]);
+        f.image_module_symbols(
+            "ice",
+            &[],
+            &[("module_layout", 1), ("pci_enable_device", crc)],
+            &[],
+        );
+        f.node_symvers(&[
+            ("module_layout", 1, "vmlinux"),
+            ("pci_enable_device", 0x5678_ef01, "vmlinux"),
+        ]);
+        let in_tree = ModuleIndex::in_tree(f.node_dir());
+        let image = ModuleIndex::image(f.image_dir());
+        let modprobe = f.modprobe_config();
+        let (sysfs, fw) = (f.sysfs(), f.firmware_dir());
+        let symvers = crate::symvers::KernelSymvers::search(&f.node_dir(), &f.path("boot"), KVER);
+        let node = Node {
+            kernel_release: KVER,
+            in_tree: &in_tree,
+            modprobe: &modprobe,
+            sysfs: &sysfs,
+            firmware_dir: &fw,
+            bind_timeout: std::time::Duration::ZERO,
+            module_trust: &crate::secure_boot::ModuleTrust::not_enforced(),
+            symvers: &symvers,
+        };
+        let set = f.set(&["ice"], &["ice"]);
+        let input = SetInput {
+            label: "99-ice/ice",
+            set: &set,
+            image: &image,
+            firmware: None,
+            image_ref: "registry.local/kmod/ice:v1",
+        };
+        let kver = KernelRelease::new(KVER).unwrap();
+        let dir = f.node_dir();
+        let mut d = DryRun::new(&kver, &dir, KernelView::FreshBoot, &modprobe, false);
+        let mut s = DrySet::new("99-ice/ice");
+        let state = |n: &str| Ok((n == "ice").then(crate::kernel::ModuleState::default));
+        match plan_swap(&state, node, input) {
+            Ok(p) => {
+                s.state = SetState::Loaded;
+                s.symbols = Some(p.symbols.clone());
+                s.plan = Some(p);
+            }
+            Err(e) => {
+                s.state = SetState::Failed;
+                s.error = Some(e.to_string());
+                s.symbols = e.symbols;
+            }
+        }
+        d.sets.push(s);
+        (d.to_json(&fw), d.to_text(&fw))
+    }
+
+    #[test]
+    fn symbol_versions_checked_or_mismatched_in_the_plan() {
+        let (j, text) = dry_symbols(0x5678_ef01);
+        let s = &j["sets"][0];
+        assert_eq!(s["state"], "wouldSwap");
+        let sv = &s["symbolVersions"];
+        assert_eq!(sv["checked"], 2);
+        assert!(
+            sv["table"].as_str().unwrap().ends_with("/symvers.gz"),
+            "{sv}"
+        );
+        assert!(sv.get("mismatches").is_none(), "{sv}");
+        assert!(
+            text.contains("  symbol versions: 2 checked against "),
+            "{text}"
+        );
+
+        let (j, text) = dry_symbols(0x1234_abcd);
+        let s = &j["sets"][0];
+        assert_eq!(s["state"], "failed");
+        assert!(s["error"].as_str().unwrap().contains(
+            "ice imports pci_enable_device with CRC 0x1234abcd, the kernel exports 0x5678ef01"
+        ));
+        assert_eq!(
+            s["symbolVersions"]["mismatches"],
+            json!([{"module": "ice", "symbol": "pci_enable_device", "moduleCrc": "0x1234abcd", "kernelCrc": "0x5678ef01"}])
+        );
+        assert!(
+            text.contains(
+                "    ice imports pci_enable_device: CRC 0x1234abcd, the kernel's 0x5678ef01\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -18,9 +18,11 @@ mod cli;
 mod decompress;
 mod dry_run;
 mod duration;
+mod elf;
 mod exit;
 mod firmware;
 mod fnmatch;
+mod gzip;
 mod kcmdline;
 mod kernel;
 mod kmsg;
@@ -28,10 +30,13 @@ mod modinfo;
 mod modprobe_conf;
 mod module_signature;
 mod modules_dep;
+mod modversions;
 mod plan;
 mod secure_boot;
 mod set_plan;
 mod swap;
+mod symbol_check;
+mod symvers;
 #[cfg(test)]
 mod testutil;
 
@@ -62,6 +67,7 @@ use crate::modules_dep::ModuleIndex;
 use crate::secure_boot::{keyring_members, ModuleTrust};
 use crate::set_plan::{plan_swap, Node, SetInput};
 use crate::swap::{swap_set, Rollback};
+use crate::symvers::KernelSymvers;
 
 /// Parses the command line, runs against the running kernel and returns the process exit
 /// status. Usage errors go to stderr as they are; after parsing, every line goes through
@@ -128,6 +134,10 @@ struct Options {
     boot_id_file: PathBuf,
     /// `--modprobe-dir` (repeated): the modprobe.d directories, in kmod's order.
     modprobe_dirs: Vec<PathBuf>,
+    /// `--symvers`: the kernel's symbol versions; `None`: the first of
+    /// `<modules_root>/<kver>/symvers.gz`, `.../symvers`, `/boot/symvers-<kver>.gz`,
+    /// `.../build/Module.symvers` that exists.
+    symvers: Option<PathBuf>,
     /// `--bind-timeout`: how long the devices a set must drive may take to bind.
     bind_timeout: Duration,
     /// `--dry-run`: print the plan, touch nothing, write no status.
@@ -154,6 +164,7 @@ impl Default for Options {
             kmsg: "/dev/kmsg".into(),
             boot_id_file: BOOT_ID_FILE.into(),
             modprobe_dirs: MODPROBE_DIRS.iter().map(PathBuf::from).collect(),
+            symvers: None,
             bind_timeout: DEFAULT_BIND_TIMEOUT,
             dry_run: false,
             json: false,
@@ -220,6 +231,11 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
     if !configs.is_empty() {
         info!("{}", module_trust.summary());
     }
+    // Read only when a set is planned.
+    let symvers = match &opts.symvers {
+        Some(p) => KernelSymvers::at(p, kver.as_str()),
+        None => KernelSymvers::search(&node_dir, Path::new("/boot"), kver.as_str()),
+    };
     let node = Node {
         kernel_release: kver.as_str(),
         in_tree: &in_tree,
@@ -228,6 +244,7 @@ fn run(opts: &Options, k: &mut dyn KernelModules) -> anyhow::Result<Exit> {
         firmware_dir: &opts.firmware_dir,
         bind_timeout: opts.bind_timeout,
         module_trust: &module_trust,
+        symvers: &symvers,
     };
     let store = StoreLayout::new(&opts.store);
     if opts.dry_run {
@@ -333,16 +350,19 @@ fn dry_run_set(
         set,
         image: &image,
         firmware: tree.firmware.as_deref(),
+        image_ref: &stored.record.image,
     };
     match plan_swap(&state, node, input) {
         Ok(plan) => {
             d.state = SetState::Loaded;
+            d.symbols = Some(plan.symbols.clone());
             d.plan = Some(plan);
             (d, Exit::Ok)
         }
         Err(e) => {
             d.state = SetState::Failed;
             d.error = Some(e.to_string());
+            d.symbols = e.symbols;
             (d, Exit::Failed)
         }
     }
@@ -592,6 +612,7 @@ fn swap_stored(
             set,
             image: &image,
             firmware: tree.firmware.as_deref(),
+            image_ref: &r.image,
         },
     );
     let exit = match (&swap.rollback, swap.state) {
@@ -636,6 +657,7 @@ mod tests {
             kmsg: f.path("kmsg"),
             boot_id_file: f.path("boot_id"),
             modprobe_dirs: f.modprobe_dirs(),
+            symvers: None,
             bind_timeout: Duration::from_millis(200),
             dry_run: false,
             json: false,
@@ -930,6 +952,42 @@ mod tests {
         );
         assert!(k.calls.is_empty());
         assert!(!f.status().exists());
+    }
+
+    #[test]
+    fn a_symbol_crc_mismatch_is_refused_before_anything_is_unloaded() {
+        let (f, mut k) = node();
+        let imports = [
+            ("module_layout", 0x9060_323f),
+            ("pci_enable_device", 0x1234_abcd),
+        ];
+        f.image_module_symbols("ice", &[], &imports, &[]);
+        f.node_symvers(&[
+            ("module_layout", 0x9060_323f, "vmlinux"),
+            ("pci_enable_device", 0x5678_ef01, "vmlinux"),
+        ]);
+        assert_eq!(run(&opts(&f), &mut k).unwrap(), Exit::Failed);
+        assert!(k.calls.is_empty(), "nothing unloaded: {:?}", k.calls);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("INTREE-ice"));
+        let s = status(&f);
+        assert_eq!(s.sets[0].state, SetState::Failed);
+        assert!(!s.sets[0].rolled_back);
+        assert_eq!(
+            s.sets[0].error.as_deref(),
+            Some(format!("preflight: ice.ko from {IMAGE} was built against other symbol versions than kernel {KVER}: ice imports pci_enable_device with CRC 0x1234abcd, the kernel exports 0x5678ef01 (rebuild the module for this kernel)").as_str())
+        );
+        // --symvers names another table: that one is used, and agrees.
+        let table = f.path("Module.symvers");
+        std::fs::write(
+            &table,
+            "0x9060323f\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t\n0x1234abcd\tpci_enable_device\tvmlinux\tEXPORT_SYMBOL\t\n",
+        )
+        .unwrap();
+        let mut o = opts(&f);
+        o.symvers = Some(table);
+        assert_eq!(run(&o, &mut k).unwrap(), Exit::Ok);
+        assert_eq!(status(&f).sets[0].state, SetState::Loaded);
+        assert_eq!(k.loaded["ice"].srcversion.as_deref(), Some("SRC"));
     }
 
     #[test]

@@ -1,15 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `.modinfo` section of a kernel module: `key=value` strings separated by NUL bytes
-//! (`name`, `version`, `srcversion`, `vermagic`, `depends`, ...), found through the ELF64
-//! section headers. Only what is needed is read: the ELF header, the section header table,
-//! the section name table and `.modinfo` itself, not the whole (often multi-MiB) module.
+//! (`name`, `version`, `srcversion`, `vermagic`, `depends`, ...), read through `elf.rs`.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::decompress::{self, Compression};
+use crate::elf::ModuleSections;
 
 /// A module file that cannot be read or is not a kernel module.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +16,9 @@ pub struct ModinfoError {
     pub why: String,
 }
 
+/// The section's name.
+const SECTION: &str = ".modinfo";
+
 /// The `.modinfo` strings of a module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModInfo {
@@ -29,31 +27,38 @@ pub struct ModInfo {
 
 impl ModInfo {
     /// Reads the module at `path` (plain or compressed).
+    #[cfg(test)]
     pub fn read(path: &Path) -> Result<Self, ModinfoError> {
+        Self::read_with(path, &[]).map(|(info, _)| info)
+    }
+
+    /// Reads the module at `path` (plain or compressed) and, with the same read (one
+    /// decompression), its sections called `extra`.
+    pub fn read_with(path: &Path, extra: &[&str]) -> Result<(Self, ModuleSections), ModinfoError> {
         let err = |why: String| ModinfoError {
             path: path.display().to_string(),
             why,
         };
-        let section = match Compression::of(path) {
-            Compression::None => {
-                let f = File::open(path).map_err(|e| err(e.to_string()))?;
-                let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
-                modinfo_section(&FileSource { file: &f, len })
-            }
-            _ => {
-                let bytes = decompress::read_module(path).map_err(|e| err(e.to_string()))?;
-                modinfo_section(&&bytes[..])
-            }
-        }
-        .map_err(err)?;
-        Ok(Self::parse(&section))
+        let wanted: Vec<&str> = [SECTION].iter().chain(extra).copied().collect();
+        let sections = ModuleSections::read(path, &wanted).map_err(err)?;
+        let info = Self::from_sections(&sections).map_err(err)?;
+        Ok((info, sections))
     }
 
     /// Reads a module image already in memory. Only the fake kernel of the tests needs it
     /// (the real `init_module` takes the image as it is).
     #[cfg(test)]
     pub fn from_image(image: &[u8]) -> Result<Self, String> {
-        Ok(Self::parse(&modinfo_section(&image)?))
+        Self::from_sections(&ModuleSections::from_image(image, &[SECTION])?)
+    }
+
+    /// The module info of sections read with [`SECTION`] among them; `Err` when the file has
+    /// none.
+    fn from_sections(sections: &ModuleSections) -> Result<Self, String> {
+        sections
+            .get(SECTION)
+            .map(Self::parse)
+            .ok_or_else(|| "no .modinfo section: not a kernel module".to_owned())
     }
 
     /// Parses the raw section: NUL-separated `key=value` strings (padding NULs are skipped).
@@ -118,8 +123,9 @@ impl ModInfo {
 
     /// Checks that the module was built for `kernel_release`: the first word of `vermagic`
     /// is the `UTS_RELEASE` of the kernel it was built against. The build options after it
-    /// (SMP, preempt, modversions) and the symbol CRCs are checked by the kernel itself,
-    /// whose ENOEXEC is explained in plain words.
+    /// (SMP, preempt, modversions) are checked by the kernel itself, whose ENOEXEC is
+    /// explained in plain words; the symbol CRCs are compared with the kernel's `symvers`
+    /// where it has one (`symbol_check.rs`), else by the kernel too.
     pub fn check_vermagic(&self, kernel_release: &str) -> Result<(), String> {
         match self.vermagic() {
             None => Err("has no vermagic: not a module built by kbuild".into()),
@@ -130,142 +136,6 @@ impl ModInfo {
             )),
         }
     }
-}
-
-/// Random access to the bytes of an ELF file.
-trait Source {
-    fn len(&self) -> u64;
-    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String>;
-}
-
-impl Source for &[u8] {
-    fn len(&self) -> u64 {
-        <[u8]>::len(self) as u64
-    }
-
-    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let end = offset.checked_add(len).ok_or("offset overflows")?;
-        if end > Source::len(self) {
-            return Err(format!(
-                "truncated ELF file: needs {end} bytes, has {}",
-                Source::len(self)
-            ));
-        }
-        Ok(self[offset as usize..end as usize].to_vec())
-    }
-}
-
-struct FileSource<'a> {
-    file: &'a File,
-    len: u64,
-}
-
-impl Source for FileSource<'_> {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-        let end = offset.checked_add(len).ok_or("offset overflows")?;
-        if end > self.len {
-            return Err(format!(
-                "truncated ELF file: needs {end} bytes, has {}",
-                self.len
-            ));
-        }
-        let mut buf = vec![0; len as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e: io::Error| e.to_string())?;
-        Ok(buf)
-    }
-}
-
-/// ELF64 field reader for either byte order.
-struct Endian(bool);
-
-impl Endian {
-    fn u16(&self, b: &[u8], at: usize) -> u16 {
-        let a = [b[at], b[at + 1]];
-        if self.0 {
-            u16::from_le_bytes(a)
-        } else {
-            u16::from_be_bytes(a)
-        }
-    }
-
-    fn u32(&self, b: &[u8], at: usize) -> u32 {
-        let a = b[at..at + 4].try_into().expect("4 bytes");
-        if self.0 {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    }
-
-    fn u64(&self, b: &[u8], at: usize) -> u64 {
-        let a = b[at..at + 8].try_into().expect("8 bytes");
-        if self.0 {
-            u64::from_le_bytes(a)
-        } else {
-            u64::from_be_bytes(a)
-        }
-    }
-}
-
-const SHDR_SIZE: usize = 64;
-const SHT_NOBITS: u32 = 8;
-/// No module has more; a bigger number is a broken or hostile file.
-const MAX_SECTIONS: usize = 1 << 16;
-
-/// Finds and returns the `.modinfo` section of an ELF64 file.
-fn modinfo_section(src: &dyn Source) -> Result<Vec<u8>, String> {
-    let eh = src
-        .read(0, 64)
-        .map_err(|_| "too short for an ELF header".to_string())?;
-    if &eh[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if eh[4] != 2 {
-        return Err("not a 64-bit ELF file".into());
-    }
-    let e = match eh[5] {
-        1 => Endian(true),
-        2 => Endian(false),
-        _ => return Err("ELF file of unknown byte order".into()),
-    };
-    let shoff = e.u64(&eh, 0x28);
-    let shentsize = e.u16(&eh, 0x3a) as usize;
-    let shnum = e.u16(&eh, 0x3c) as usize;
-    let shstrndx = e.u16(&eh, 0x3e) as usize;
-    if shentsize != SHDR_SIZE || shnum == 0 || shnum > MAX_SECTIONS || shstrndx >= shnum {
-        return Err("ELF section header table is malformed".into());
-    }
-    let table = src.read(shoff, (shnum * SHDR_SIZE) as u64)?;
-    let shdr = |i: usize| &table[i * SHDR_SIZE..(i + 1) * SHDR_SIZE];
-    let section = |h: &[u8]| -> Result<Vec<u8>, String> {
-        if e.u32(h, 4) == SHT_NOBITS {
-            return Ok(vec![]);
-        }
-        let (off, size) = (e.u64(h, 24), e.u64(h, 32));
-        if size > src.len() {
-            return Err("ELF section is larger than the file".into());
-        }
-        src.read(off, size)
-    };
-    let names = section(shdr(shstrndx))?;
-    for i in 0..shnum {
-        let h = shdr(i);
-        let name_off = e.u32(h, 0) as usize;
-        let name = names
-            .get(name_off..)
-            .and_then(|n| n.split(|&b| b == 0).next())
-            .unwrap_or_default();
-        if name == b".modinfo" {
-            return section(h);
-        }
-    }
-    Err("no .modinfo section: not a kernel module".into())
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use kmod_day1_contract::ModuleSet;
 use crate::modinfo::ModInfo;
 use crate::modprobe_conf::{softdep_from_modinfo, ModprobeConfig, Source};
 use crate::modules_dep::ModuleIndex;
+use crate::modversions::ModuleSymbols;
 
 /// Where a module file comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub struct PlannedModule {
     pub params: Vec<Param>,
     /// Modinfo of image modules (read in preflight for vermagic and srcversion).
     pub info: Option<ModInfo>,
+    /// Symbol versions and exports of image modules (read with the modinfo, for
+    /// `symbol_check.rs`).
+    pub symbols: Option<ModuleSymbols>,
     /// Listed in the config (not only a dependency).
     pub configured: bool,
     /// Why it is loaded (where it first came up).
@@ -154,6 +158,7 @@ enum Kind {
         /// An image module's `depends=` the line lacks (the node's modules).
         extra: Vec<String>,
         info: Option<ModInfo>,
+        symbols: Option<ModuleSymbols>,
     },
     /// Built into the kernel: nothing to load.
     Builtin,
@@ -462,7 +467,7 @@ impl<'a> Planner<'a> {
         let err = |e: String| PreflightError(e);
         if let Some(image) = self.image {
             if let Some(e) = image.lookup(name).map_err(err)? {
-                let info = self.check_image_file(image, name, &e.path)?;
+                let (info, symbols) = self.check_image_file(image, name, &e.path)?;
                 let extra = info
                     .depends()
                     .into_iter()
@@ -477,6 +482,7 @@ impl<'a> Planner<'a> {
                         listed: e.deps,
                         extra,
                         info: Some(info),
+                        symbols: Some(symbols),
                     },
                 }));
             }
@@ -490,18 +496,19 @@ impl<'a> Planner<'a> {
                 listed: e.deps,
                 extra: vec![],
                 info: None,
+                symbols: None,
             },
         }))
     }
 
     /// An image module file: a regular file inside the tree, the module it claims to be,
-    /// built for this kernel.
+    /// built for this kernel; its modinfo and symbols, read (and decompressed) once.
     fn check_image_file(
         &self,
         image: &ModuleIndex,
         name: &str,
         path: &std::path::Path,
-    ) -> Result<ModInfo, PreflightError> {
+    ) -> Result<(ModInfo, ModuleSymbols), PreflightError> {
         let meta = std::fs::symlink_metadata(path)
             .map_err(|e| PreflightError(format!("module file {}: {e}", path.display())))?;
         // Neither the file nor a directory above it may lead out of the tree.
@@ -515,7 +522,8 @@ impl<'a> Planner<'a> {
                 path.display()
             )));
         }
-        let info = ModInfo::read(path).map_err(|e| PreflightError(e.to_string()))?;
+        let (info, sections) = ModInfo::read_with(path, crate::modversions::SECTIONS)
+            .map_err(|e| PreflightError(e.to_string()))?;
         if let Some(n) = info.name() {
             if n.replace('-', "_") != name {
                 return Err(PreflightError(format!(
@@ -526,7 +534,7 @@ impl<'a> Planner<'a> {
         }
         info.check_vermagic(self.kernel_release)
             .map_err(|e| PreflightError(format!("module {name} ({}) {e}", path.display())))?;
-        Ok(info)
+        Ok((info, ModuleSymbols::from_sections(&sections)))
     }
 
     /// `kmod_module_new_from_lookup`: the modules a name stands for, in kmod's lookup order.
@@ -625,11 +633,15 @@ impl<'a> Planner<'a> {
                 .iter()
                 .any(|s| s.found.name == name && s.required);
             let present = (self.present)(name);
-            let (path, origin, info) = match &step.found.kind {
+            let (path, origin, info, symbols) = match &step.found.kind {
                 Kind::Builtin => continue,
                 Kind::File {
-                    path, origin, info, ..
-                } => (path.clone(), *origin, info.clone()),
+                    path,
+                    origin,
+                    info,
+                    symbols,
+                    ..
+                } => (path.clone(), *origin, info.clone(), symbols.clone()),
                 Kind::NoFile if present => continue,
                 Kind::NoFile => {
                     if let Some(cmd) = self.conf.install_for(name) {
@@ -687,6 +699,7 @@ impl<'a> Planner<'a> {
                 origin,
                 params,
                 info,
+                symbols,
                 configured: false,
                 reason: step.reason.clone(),
                 required,

@@ -630,6 +630,7 @@ mod tests {
             origin: Origin::Image,
             params: vec![],
             info: None,
+            symbols: None,
             configured: true,
             reason: crate::plan::Reason::Configured,
             required,
@@ -876,6 +877,7 @@ mod tests {
             firmware_dir: &fw,
             bind_timeout: std::time::Duration::ZERO,
             module_trust: &trust,
+            symvers: &crate::symvers::KernelSymvers::search(&f.node_dir(), &f.path("boot"), KVER),
         };
         let set = f.set(&["ice"], &["ice"]);
         let input = SetInput {
@@ -883,6 +885,7 @@ mod tests {
             set: &set,
             image: &image,
             firmware: None,
+            image_ref: "registry.local/kmod/s1:v1",
         };
         let r = crate::swap::swap_set(&mut k, node, input);
         (r, k)

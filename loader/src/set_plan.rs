@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kmod_day1_contract::ModuleSet;
+use kmod_day1_contract::{ModuleSet, SymbolVersions};
 use tracing::debug;
 
 use crate::binding::{expected_devices, ExpectedDevice, ModuleAliases};
@@ -18,6 +18,8 @@ use crate::modprobe_conf::ModprobeConfig;
 use crate::modules_dep::ModuleIndex;
 use crate::plan::{LoadPlan, Origin, PlannedModule, Planner, PreflightError};
 use crate::secure_boot::{check_signatures, ModuleTrust};
+use crate::symbol_check::{check_symbol_versions, CheckInput};
+use crate::symvers::KernelSymvers;
 
 /// The node around a swap.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,8 @@ pub struct Node<'a> {
     pub bind_timeout: Duration,
     /// Whether the kernel enforces module signatures, and the keys it trusts.
     pub module_trust: &'a ModuleTrust,
+    /// The kernel's symbol versions (`symvers`), or why there are none.
+    pub symvers: &'a KernelSymvers,
 }
 
 /// What to swap.
@@ -50,6 +54,8 @@ pub struct SetInput<'a> {
     pub image: &'a ModuleIndex,
     /// The image's firmware (`trees/<id>/firmware`), when the set has some.
     pub firmware: Option<&'a Path>,
+    /// The image reference the tree came from, for messages.
+    pub image_ref: &'a str,
 }
 
 /// What a rollback would load back for one removed in-tree module.
@@ -76,17 +82,42 @@ pub struct SetPlan {
     pub devices: Vec<ExpectedDevice>,
     /// What the plan noticed (softdeps skipped, commands not run, ...), one line each.
     pub notes: Vec<String>,
+    /// The image modules' symbol CRCs against the kernel's (`symbol_check.rs`).
+    pub symbols: SymbolVersions,
+}
+
+/// Why a set's plan was refused (nothing was touched), with the symbol check's report when
+/// the plan got that far.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PlanRefused {
+    /// The refusal.
+    pub error: PreflightError,
+    /// The symbol check's report.
+    pub symbols: Option<SymbolVersions>,
 }
 
 /// What the kernel says about a module (`KernelModules::module_state`, or a fresh boot).
 pub type StateOf<'s> = &'s dyn Fn(&str) -> io::Result<Option<ModuleState>>;
 
 /// Plans a swap, reading only: the load order (preflight: files, vermagic, dependencies,
-/// modprobe configuration), the in-tree modules to unload, and the rollback.
+/// modprobe configuration, symbol versions, signatures), the in-tree modules to unload, and
+/// the rollback.
 pub fn plan_swap(
     state: StateOf<'_>,
     node: Node<'_>,
     input: SetInput<'_>,
+) -> Result<SetPlan, PlanRefused> {
+    let mut symbols = None;
+    plan(state, node, input, &mut symbols).map_err(|error| PlanRefused { error, symbols })
+}
+
+/// [`plan_swap`]; `symbols` gets the symbol check's report once it is made.
+fn plan(
+    state: StateOf<'_>,
+    node: Node<'_>,
+    input: SetInput<'_>,
+    symbols: &mut Option<SymbolVersions>,
 ) -> Result<SetPlan, PreflightError> {
     let present = |n: &str| matches!(state(n), Ok(Some(_)));
     let removal: Vec<String> = input
@@ -179,6 +210,20 @@ pub fn plan_swap(
     for m in &mut load {
         m.already_loaded = present(&m.name) && !unload.contains(&m.name);
     }
+    let checked = check_symbol_versions(
+        node.symvers,
+        CheckInput {
+            kernel_release: node.kernel_release,
+            image_ref: input.image_ref,
+            in_tree: node.in_tree,
+        },
+        &load,
+        &mut notes,
+    );
+    *symbols = Some(checked.report.clone());
+    if let Some(e) = checked.refused {
+        return Err(e);
+    }
     check_signatures(node.module_trust, &mut load, &mut notes)?;
     // After a failure, what this run loaded is unloaded and what it removed is gone.
     let after = |n: &str| present(n) && !unload.iter().any(|u| u == n);
@@ -213,6 +258,7 @@ pub fn plan_swap(
         rollback,
         devices: expected.devices,
         notes,
+        symbols: checked.report,
     })
 }
 

@@ -108,6 +108,7 @@ pub fn swap_set(k: &mut dyn KernelModules, node: Node<'_>, input: SetInput<'_>) 
             Err(e) => return s.finish(Some(e.to_string()), Rollback::NotNeeded),
         }
     };
+    info!("{}: {}", s.label, plan.symbols.summary());
     for n in &plan.notes {
         info!("{}: {n}", s.label);
     }
@@ -587,6 +588,7 @@ mod tests {
             firmware_dir: &fw_dir,
             bind_timeout: Duration::from_millis(300),
             module_trust: &crate::secure_boot::ModuleTrust::not_enforced(),
+            symvers: &crate::symvers::KernelSymvers::search(&f.node_dir(), &f.path("boot"), KVER),
         };
         swap_set(
             k,
@@ -596,6 +598,7 @@ mod tests {
                 set,
                 image: &image,
                 firmware: fw,
+                image_ref: "registry.local/kmod/s1:v1",
             },
         )
     }

@@ -25,12 +25,32 @@ pub const KVER: &str = "6.1.0-27-amd64";
 
 /// An ELF64 little-endian relocatable file with one named section (plus `.shstrtab`).
 pub fn elf_with_section(name: &str, data: &[u8]) -> Vec<u8> {
-    let shstrtab = format!("\0{name}\0.shstrtab\0").into_bytes();
-    let data_off = 64usize;
-    let str_off = data_off + data.len();
-    let mut shoff = str_off + shstrtab.len();
-    shoff = shoff.div_ceil(8) * 8;
-    let mut f = vec![0u8; shoff + 3 * 64];
+    elf_with_sections(&[(name, data)])
+}
+
+/// An ELF64 little-endian relocatable file with the named sections (plus `.shstrtab`), in
+/// that order after the null section.
+pub fn elf_with_sections(sections: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut shstrtab = vec![0u8];
+    let mut name_offs = vec![];
+    for (name, _) in sections {
+        name_offs.push(shstrtab.len() as u32);
+        shstrtab.extend_from_slice(name.as_bytes());
+        shstrtab.push(0);
+    }
+    let shstrtab_name = shstrtab.len() as u32;
+    shstrtab.extend_from_slice(b".shstrtab\0");
+    let mut body = vec![];
+    let mut offs = vec![];
+    for (_, data) in sections {
+        offs.push(64 + body.len());
+        body.extend_from_slice(data);
+        body.resize(body.len().div_ceil(8) * 8, 0);
+    }
+    let str_off = 64 + body.len();
+    let shoff = (str_off + shstrtab.len()).div_ceil(8) * 8;
+    let shnum = sections.len() + 2;
+    let mut f = vec![0u8; shoff + shnum * 64];
     f[..4].copy_from_slice(b"\x7fELF");
     f[4] = 2; // ELFCLASS64
     f[5] = 1; // little endian
@@ -41,9 +61,9 @@ pub fn elf_with_section(name: &str, data: &[u8]) -> Vec<u8> {
     f[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
     f[0x34..0x36].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
     f[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes()); // e_shnum
-    f[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes()); // e_shstrndx
-    f[data_off..str_off].copy_from_slice(data);
+    f[0x3c..0x3e].copy_from_slice(&(shnum as u16).to_le_bytes()); // e_shnum
+    f[0x3e..0x40].copy_from_slice(&((shnum - 1) as u16).to_le_bytes()); // e_shstrndx
+    f[64..str_off].copy_from_slice(&body);
     f[str_off..str_off + shstrtab.len()].copy_from_slice(&shstrtab);
     let mut shdr = |i: usize, name_off: u32, ty: u32, off: usize, size: usize| {
         let h = &mut f[shoff + i * 64..shoff + (i + 1) * 64];
@@ -53,20 +73,54 @@ pub fn elf_with_section(name: &str, data: &[u8]) -> Vec<u8> {
         h[32..40].copy_from_slice(&(size as u64).to_le_bytes());
         h[48..56].copy_from_slice(&1u64.to_le_bytes()); // sh_addralign
     };
-    shdr(1, 1, 1, data_off, data.len()); // SHT_PROGBITS
-    shdr(2, name.len() as u32 + 2, 3, str_off, shstrtab.len()); // SHT_STRTAB
+    for (i, (_, data)) in sections.iter().enumerate() {
+        shdr(i + 1, name_offs[i], 1, offs[i], data.len()); // SHT_PROGBITS
+    }
+    shdr(shnum - 1, shstrtab_name, 3, str_off, shstrtab.len()); // SHT_STRTAB
     f
 }
 
-/// A fake kernel module: an ELF file whose `.modinfo` holds `fields`.
-pub fn fake_ko(fields: &[(&str, &str)]) -> Vec<u8> {
+/// A `__versions` section: one 64-byte `struct modversion_info` per import (x86_64).
+pub fn versions_section(imports: &[(&str, u32)]) -> Vec<u8> {
+    let mut v = vec![];
+    for (name, crc) in imports {
+        let mut e = [0u8; 64];
+        e[..8].copy_from_slice(&u64::from(*crc).to_le_bytes());
+        e[8..8 + name.len()].copy_from_slice(name.as_bytes());
+        v.extend_from_slice(&e);
+    }
+    v
+}
+
+/// The `.modinfo` section of `fields`.
+fn modinfo_section(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut data = vec![];
     for (k, v) in fields {
         data.extend_from_slice(format!("{k}={v}").as_bytes());
         data.push(0);
     }
     data.extend_from_slice(&[0, 0, 0]); // padding, as the linker leaves it
-    elf_with_section(".modinfo", &data)
+    data
+}
+
+/// A fake kernel module with `.modinfo` `fields`, importing `imports` (`__versions`) and
+/// exporting `exports` (`__ksymtab_strings`).
+pub fn fake_ko_with_symbols(
+    fields: &[(&str, &str)],
+    imports: &[(&str, u32)],
+    exports: &[&str],
+) -> Vec<u8> {
+    let strings: Vec<u8> = exports.iter().flat_map(|e| e.bytes().chain([0])).collect();
+    elf_with_sections(&[
+        (".modinfo", &modinfo_section(fields)),
+        ("__versions", &versions_section(imports)),
+        ("__ksymtab_strings", &strings),
+    ])
+}
+
+/// A fake kernel module: an ELF file whose `.modinfo` holds `fields`.
+pub fn fake_ko(fields: &[(&str, &str)]) -> Vec<u8> {
+    elf_with_section(".modinfo", &modinfo_section(fields))
 }
 
 /// xz-compresses (as `xz --check=crc32` would; the decoder does not care).
@@ -162,6 +216,43 @@ impl Fixture {
             fake_ko(fields),
         )
         .unwrap();
+    }
+
+    /// `<name>.ko` in the image, built for [`KVER`] with symbol versions: it imports
+    /// `imports` with those CRCs (`__versions`) and exports `exports`.
+    pub fn image_module_symbols(
+        &self,
+        name: &str,
+        depends: &[&str],
+        imports: &[(&str, u32)],
+        exports: &[&str],
+    ) {
+        let vermagic = format!("{KVER} SMP preempt mod_unload modversions ");
+        let deps = depends.join(",");
+        let fields = [
+            ("srcversion", "SRC"),
+            ("depends", deps.as_str()),
+            ("name", name),
+            ("vermagic", vermagic.as_str()),
+        ];
+        std::fs::write(
+            self.image_dir().join(format!("{name}.ko")),
+            fake_ko_with_symbols(&fields, imports, exports),
+        )
+        .unwrap();
+    }
+
+    /// The node kernel's `symvers.gz` (as RHEL ships it) exporting `exports`
+    /// (symbol, CRC, module or `vmlinux`).
+    pub fn node_symvers(&self, exports: &[(&str, u32, &str)]) {
+        use std::io::Write;
+        let text: String = exports
+            .iter()
+            .map(|(s, crc, m)| format!("0x{crc:08x}\t{s}\t{m}\tEXPORT_SYMBOL\t\n"))
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(self.node_dir().join("symvers.gz"), gz.finish().unwrap()).unwrap();
     }
 
     pub fn image_dep(&self, text: &str) {

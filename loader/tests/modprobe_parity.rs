@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod support;
+use support::{install_deps, kernel_package, output, sbin};
+
 const BIN: &str = env!("CARGO_BIN_EXE_kmod-day1-load");
 const SEED: u64 = 0x6b6d_6f64_6461_7931;
 const IMAGE: &str = "registry.local/parity/tree:v1";
@@ -42,103 +45,7 @@ const DIRS: &[&str] = &[
 ];
 
 fn sh(cmd: &mut Command) -> String {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args([
-            "-c",
-            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// modprobe and depmod live in /usr/sbin, which a test environment may lack on PATH.
-fn sbin(tool: &str) -> String {
-    for d in ["/usr/sbin", "/sbin", "/usr/bin"] {
-        let p = format!("{d}/{tool}");
-        if Path::new(&p).exists() {
-            return p;
-        }
-    }
-    tool.to_owned()
-}
-
-fn install_deps() {
-    if ["modprobe", "depmod", "dpkg-deb", "xz", "apt-get"]
-        .iter()
-        .all(|t| have(t))
-    {
-        return;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/install-deps");
-    sh(Command::new(script).arg("unit"));
-}
-
-/// Debian's current bookworm kernel package, from the cache or downloaded into it.
-fn kernel_package(cache: &Path) -> PathBuf {
-    std::fs::create_dir_all(cache).unwrap();
-    let cached = || -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(cache)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                let n = p.file_name().unwrap().to_string_lossy();
-                n.starts_with("linux-image-") && n.ends_with("-amd64.deb")
-                    || n.ends_with("_amd64.deb") && n.starts_with("linux-image-")
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let depends = || {
-        let out = Command::new("apt-cache")
-            .args(["depends", "linux-image-amd64"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
-            .map(str::to_owned)
-    };
-    let pkg = depends().or_else(|| {
-        // No package lists yet (a fresh machine): fetch them once.
-        if cached().is_empty() {
-            sh(Command::new("apt-get").args(["update", "-q"]));
-        }
-        depends()
-    });
-    if let Some(pkg) = &pkg {
-        let prefix = format!("{pkg}_");
-        let hit = cached().into_iter().rev().find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&prefix)
-        });
-        if let Some(p) = hit {
-            return p;
-        }
-        sh(Command::new("apt-get")
-            .args(["download", "-q", pkg])
-            .current_dir(cache));
-    }
-    cached()
-        .pop()
-        .expect("no linux-image package: apt-get download failed")
+    String::from_utf8_lossy(&output(cmd)).into_owned()
 }
 
 /// xorshift64*, seeded: the same sample every run.
@@ -329,7 +236,7 @@ fn write_store_and_config(dir: &Path, modules: &[String], kver: &str, tree_targe
 #[test]
 fn plans_match_kmods_modprobe_on_debians_module_tree() {
     let started = Instant::now();
-    install_deps();
+    install_deps(&["modprobe", "depmod", "dpkg-deb", "xz", "apt-get"]);
     let cache = std::env::var_os("KMOD_DAY1_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/var/cache/kmod-day1-tests".into());
