@@ -57,6 +57,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::STATUS_FILE)]
     pub status: PathBuf,
 
+    /// Present when kmod-day1-install put the binaries in place during this boot, after the
+    /// loader's turn: a missing loader status then calls for the reboot that lets it run.
+    #[arg(long, value_name = "FILE", default_value = kmod_day1_contract::INSTALLED_THIS_BOOT_FILE)]
+    pub installed_marker: PathBuf,
+
     /// Prepare a store for exactly these kernels (repeat for several), on any machine: no
     /// boot entry, deployment or installed kernel is read, no ref of another kernel is
     /// pruned (earlier runs' kernels stay), never a reboot [default: the running kernel

@@ -6,7 +6,10 @@
 //! - a module set of the running kernel with policy `ifNeeded`, not skipped on the kernel
 //!   command line, had its image committed by this run;
 //! - the loader's status for this boot (same boot id and kernel) says that set is not
-//!   `loaded` (a missing status means the loader did not run: no reboot);
+//!   `loaded` (a missing status means the loader did not run: no reboot, unless
+//!   kmod-day1-install put the binaries in place during this boot, after the loader's turn:
+//!   then nothing is loaded and the reboot lets the loader run, as on a first apply through
+//!   MCO without a prestage);
 //! - `reboots.json` holds no earlier reboot for the same kernel and manifest digests.
 //!
 //! The guard record is written durably before the reboot is asked for, so a node that
@@ -72,6 +75,8 @@ pub struct RebootInputs<'a> {
     pub boot_id: Option<&'a str>,
     /// The loader's status file, if any.
     pub status: Option<&'a BootStatus>,
+    /// The loader's binary was installed during this boot, after its turn.
+    pub loader_installed_this_boot: bool,
     /// The running kernel's module sets.
     pub sets: &'a [SetOutcome],
     /// Whether anything failed in this run.
@@ -104,7 +109,9 @@ pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
         );
     };
     let status = match i.status {
-        Some(s) if s.boot_id == boot_id && s.kernel_release == i.kernel => s,
+        Some(s) if s.boot_id == boot_id && s.kernel_release == i.kernel => Some(s),
+        // Installed after the loader's turn: it could not run, so nothing is loaded.
+        _ if i.loader_installed_this_boot => None,
         Some(_) => {
             return RebootDecision::NotNeeded(
                 "the loader's status is from another boot: the loader did not run this boot".into(),
@@ -119,11 +126,14 @@ pub fn decide(i: &RebootInputs<'_>) -> RebootDecision {
     let mut digests = BTreeSet::new();
     let mut why_not = vec![];
     for s in committed {
-        let state = status
-            .sets
-            .iter()
-            .find(|x| x.config == s.config && x.set == s.set)
-            .map(|x| x.state);
+        let state = match status {
+            Some(st) => st
+                .sets
+                .iter()
+                .find(|x| x.config == s.config && x.set == s.set)
+                .map(|x| x.state),
+            None => Some(SetState::NotStored),
+        };
         let name = format!("{}/{}", s.config, s.set);
         match state {
             _ if i.hatches.skips(&s.config, &s.set) => {
@@ -212,6 +222,7 @@ mod tests {
             kernel: "6.1",
             boot_id: Some("b1"),
             status,
+            loader_installed_this_boot: false,
             sets,
             failed,
             no_reboot: false,
@@ -286,6 +297,7 @@ mod tests {
             kernel: "6.1",
             boot_id: Some("b1"),
             status: Some(&st),
+            loader_installed_this_boot: false,
             sets: &new,
             failed: false,
             no_reboot: true,
@@ -294,6 +306,61 @@ mod tests {
             now: 0,
         });
         assert_eq!(d, RebootDecision::Disabled);
+    }
+
+    #[test]
+    fn binaries_installed_this_boot_reboot_once_without_a_status() {
+        let g = RebootGuard::default();
+        let new = [set(true, RebootPolicy::IfNeeded)];
+        let with =
+            |status: Option<&BootStatus>, sets: &[SetOutcome], hatches: &str, g: &RebootGuard| {
+                decide(&RebootInputs {
+                    kernel: "6.1",
+                    boot_id: Some("b1"),
+                    status,
+                    loader_installed_this_boot: true,
+                    sets,
+                    failed: false,
+                    no_reboot: false,
+                    hatches: &EscapeHatches::parse(hatches),
+                    guard: g,
+                    now: 7,
+                })
+            };
+        // No status (the loader's unit skipped its missing binary), or last boot's: reboot.
+        let RebootDecision::Request(rec) = with(None, &new, "", &g) else {
+            panic!("expected a reboot request")
+        };
+        let mut old = status(SetState::Loaded);
+        old.boot_id = "b0".into();
+        assert!(matches!(
+            with(Some(&old), &new, "", &g),
+            RebootDecision::Request(_)
+        ));
+        // Still guarded, and still not for a set skipped, nothing new, or policy never.
+        let g = guard_with(g, rec.clone());
+        assert_eq!(
+            with(None, &new, "", &g),
+            RebootDecision::RefusedByGuard(rec)
+        );
+        let g = RebootGuard::default();
+        assert!(matches!(
+            with(None, &new, "kmod_day1.skip=s", &g),
+            RebootDecision::NotNeeded(_)
+        ));
+        assert!(matches!(
+            with(None, &[set(false, RebootPolicy::IfNeeded)], "", &g),
+            RebootDecision::NotNeeded(_)
+        ));
+        assert!(matches!(
+            with(None, &[set(true, RebootPolicy::Never)], "", &g),
+            RebootDecision::NotNeeded(_)
+        ));
+        // This boot's own status still decides when there is one.
+        assert!(matches!(
+            with(Some(&status(SetState::Loaded)), &new, "", &g),
+            RebootDecision::NotNeeded(_)
+        ));
     }
 
     #[test]

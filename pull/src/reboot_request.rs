@@ -38,6 +38,8 @@ pub(crate) struct Settle<'a> {
     pub boot_id: Option<&'a str>,
     /// The loader's status file.
     pub status_file: &'a Path,
+    /// The binaries were installed during this boot, after the loader's turn.
+    pub loader_installed_this_boot: bool,
     /// The kernel command line's escape hatches.
     pub hatches: &'a EscapeHatches,
     /// `--no-reboot`.
@@ -64,6 +66,7 @@ pub(crate) async fn settle_reboot(s: Settle<'_>, round: Round, exit: Exit) -> an
         kernel: s.kernel.as_str(),
         boot_id: s.boot_id,
         status: status.as_ref(),
+        loader_installed_this_boot: s.loader_installed_this_boot,
         sets: &round.running,
         failed: round.running_failed,
         no_reboot: s.no_reboot,
@@ -265,6 +268,7 @@ mod tests {
                 kernel: &self.kernel,
                 boot_id,
                 status_file: &self.status_file,
+                loader_installed_this_boot: false,
                 hatches: &self.hatches,
                 no_reboot: false,
                 via,

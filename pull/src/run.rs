@@ -144,6 +144,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Exit> {
         kernel: &kernel,
         boot_id: boot_id.as_deref(),
         status_file: &cli.status,
+        loader_installed_this_boot: cli.installed_marker.exists(),
         hatches: &hatches,
         // Never at shutdown: the node is rebooting already; never for a store prepared for
         // named kernels: they need not be running.

@@ -4,8 +4,10 @@
 //! that boot, and say so before the reboot. The check *is* the loader's: its `--dry-run
 //! --json` for that kernel, with that deployment's modules and modprobe.d (one planner: the
 //! vermagic against that kernel, dependencies against its `modules.dep` and
-//! `modules.builtin`, its modprobe configuration). The verdict is recorded in the store
-//! (`preflight/<kver>.json`), and the loader carries it into that boot's status.
+//! `modules.builtin`, its modprobe configuration, the modules' symbol CRCs against that
+//! deployment's `usr/lib/modules/<kver>/symvers.gz` where it ships one). The verdict is
+//! recorded in the store (`preflight/<kver>.json`), and the loader carries it into that
+//! boot's status.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kmod_day1_contract::{
-    write_json_atomic, KernelRelease, SetVerdict, StoreLayout, UpgradePreflight, PREFLIGHT_VERSION,
+    write_json_atomic, KernelRelease, SetVerdict, StoreLayout, SymbolVersions, UpgradePreflight,
+    PREFLIGHT_VERSION,
 };
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -149,6 +152,9 @@ fn log_verdict(r: &UpgradePreflight, staged: bool) {
     for s in &r.sets {
         let label = format!("{}/{}", s.config, s.set);
         if s.would_swap() {
+            if let Some(sv) = &s.symbol_versions {
+                info!("upgrade preflight: {k}: {label}: {}", sv.summary());
+            }
             ready.push(label);
             continue;
         }
@@ -186,6 +192,8 @@ struct DrySet {
     state: String,
     image: Option<String>,
     error: Option<String>,
+    #[serde(rename = "symbolVersions", default)]
+    symbol_versions: Option<SymbolVersions>,
 }
 
 /// The sets of `kmod-day1-load --dry-run --json`.
@@ -200,6 +208,7 @@ fn parse_dry_run(stdout: &[u8]) -> Result<Vec<SetVerdict>, String> {
             state: s.state,
             image: s.image,
             error: s.error,
+            symbol_versions: s.symbol_versions,
         })
         .collect())
 }
@@ -243,4 +252,115 @@ pub(crate) fn default_loader() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("kmod-day1-load")))
         .unwrap_or_else(|| PathBuf::from("/usr/bin/kmod-day1-load"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const K: &str = "5.14.0-427.el9.x86_64";
+
+    /// The dry run's JSON of one set that would swap, with `symbol_versions`.
+    fn dry_run_json(symbol_versions: serde_json::Value) -> String {
+        serde_json::json!({
+            "kernelRelease": K,
+            "sets": [{"config": "99-kmod", "set": "e1000", "state": "wouldSwap",
+                      "image": "quay.io/acme/e1000-kmod:5.14.0-427.el9.x86_64",
+                      "error": null, "symbolVersions": symbol_versions}],
+        })
+        .to_string()
+    }
+
+    /// The preflight record of a loader printing `stdout`, for a staged deployment; and the
+    /// arguments the loader got.
+    fn record_of(stdout: &str) -> (UpgradePreflight, String) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("out.json"), stdout).unwrap();
+        let loader = d.path().join("kmod-day1-load");
+        std::fs::write(
+            &loader,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {0}/args\ncat {0}/out.json\n",
+                d.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&loader, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = StoreLayout::new(d.path().join("store"));
+        let i = PreflightInputs {
+            loader: &loader,
+            config_dir: &d.path().join("config.d"),
+            store: &store,
+            cmdline: &d.path().join("cmdline"),
+            modules_dir: &d.path().join("modules"),
+        };
+        let deployment = d.path().join("ostree/deploy/rhcos/deploy/abc.0");
+        let kernel = KernelRelease::new(K).unwrap();
+        let record = check(&i, &kernel, Some(&deployment));
+        // Recorded and read back as the loader reads it at that kernel's boot.
+        let file = store.preflight_file(&kernel);
+        write_json_atomic(&file, &record).unwrap();
+        let back: UpgradePreflight = kmod_day1_contract::read_json(&file).unwrap().unwrap();
+        assert_eq!(back, record);
+        let args = std::fs::read_to_string(d.path().join("args")).unwrap();
+        assert!(
+            args.contains(&format!(
+                "--modules-root {}/usr/lib/modules",
+                deployment.display()
+            )),
+            "the loader looks for symvers.gz in the deployment's modules: {args}"
+        );
+        (record, args)
+    }
+
+    #[test]
+    fn the_record_says_how_many_symbols_were_checked_or_why_none() {
+        let table = format!("/ostree/deploy/rhcos/deploy/abc.0/usr/lib/modules/{K}/symvers.gz");
+        let (r, _) = record_of(&dry_run_json(
+            serde_json::json!({"table": table, "checked": 155, "fromSet": 0}),
+        ));
+        assert_eq!(r.error, None);
+        let sv = r.sets[0].symbol_versions.as_ref().expect("symbol versions");
+        assert_eq!(
+            (sv.checked, sv.table.as_deref()),
+            (155, Some(table.as_str()))
+        );
+        assert!(sv.unchecked.is_empty() && sv.mismatches.is_empty());
+
+        let why = format!("no symvers for {K} (none of ...): the kernel checks them at load");
+        let (r, _) = record_of(&dry_run_json(
+            serde_json::json!({"checked": 0, "unchecked": [why]}),
+        ));
+        let sv = r.sets[0].symbol_versions.as_ref().expect("symbol versions");
+        assert_eq!((sv.checked, sv.table.as_deref()), (0, None));
+        assert_eq!(sv.unchecked, [why]);
+
+        // A loader from before the check: nothing said about symbols.
+        let (r, _) = record_of(&dry_run_json(serde_json::Value::Null));
+        assert_eq!(r.sets[0].symbol_versions, None);
+        assert!(r.sets[0].would_swap());
+    }
+
+    #[test]
+    fn a_mismatch_is_recorded_with_both_crcs() {
+        let json = serde_json::json!({
+            "sets": [{"config": "99-kmod", "set": "e1000", "state": "failed",
+                      "error": "preflight: e1000.ko from quay.io/acme/e1000-kmod was built against other symbol versions than kernel 5.14.0-427.el9.x86_64: ...",
+                      "symbolVersions": {"table": "/t", "checked": 2, "fromSet": 0,
+                          "mismatches": [{"module": "e1000", "symbol": "pci_enable_device",
+                                          "moduleCrc": "0x1234abcd", "kernelCrc": "0x5678ef01"}]}}],
+        });
+        let (r, _) = record_of(&json.to_string());
+        let m = &r.sets[0].symbol_versions.as_ref().unwrap().mismatches[0];
+        assert_eq!(
+            (
+                m.symbol.as_str(),
+                m.module_crc.as_str(),
+                m.kernel_crc.as_deref()
+            ),
+            ("pci_enable_device", "0x1234abcd", Some("0x5678ef01"))
+        );
+        assert_eq!(r.sets[0].state, "failed");
+    }
 }
