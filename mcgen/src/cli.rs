@@ -29,6 +29,11 @@ pub enum OutputFormat {
     /// --modprobe-d, the --bundle store and the unit that loads before the network in a systemd
     /// initramfs.
     Initrd,
+    /// The initrd's content with everything under /etc, for ostree's overlay initrd
+    /// (`rpm-ostree initramfs-etc`, `ostree admin deploy --overlay-initrd`): the loader and the
+    /// store in /etc/kmod-day1/initrd, its unit kmod-day1-load-initrd.service in
+    /// /etc/systemd/system; takes effect at the next boot of the new deployment.
+    OverlayInitrd,
     /// The objects (YAML) that prepare every node of the pool before the MachineConfig:
     /// Namespace, ServiceAccount, SCC grant, ConfigMap and a DaemonSet running --node-image,
     /// which stays on as the node's agent serving its metrics (Service, ServiceMonitor,
@@ -185,11 +190,11 @@ pub struct Cli {
     #[arg(long, value_name = "RELEASE", requires = "bundle")]
     pub kernel_release: Vec<kmod_day1_contract::KernelRelease>,
 
-    /// With --output initrd: the static kmod-day1-load (`make static`)
+    /// With --output initrd or overlay-initrd: the static kmod-day1-load (`make static`)
     #[arg(long, value_name = "FILE")]
     pub loader: Option<PathBuf>,
 
-    /// With --output initrd: the node's modprobe.d, carried as /etc/modprobe.d (*.conf,
+    /// With --output initrd or overlay-initrd: the node's modprobe.d, carried as /etc/modprobe.d (*.conf,
     /// *.alias); nothing when it does not exist
     #[arg(
         long = "modprobe-d",
@@ -339,7 +344,9 @@ impl Cli {
                 OutputFormat::Ignition => DeliveryArg::Embedded,
                 OutputFormat::Containerfile => DeliveryArg::Layered,
                 // Not rendered by a generator (install_time.rs).
-                OutputFormat::NodeConfig | OutputFormat::Initrd => DeliveryArg::Layered,
+                OutputFormat::NodeConfig | OutputFormat::Initrd | OutputFormat::OverlayInitrd => {
+                    DeliveryArg::Layered
+                }
                 OutputFormat::Machineconfig
                 | OutputFormat::Prestage
                 | OutputFormat::DisruptionPolicy
@@ -437,7 +444,9 @@ impl Cli {
                 Ok(json)
             }
             OutputFormat::Containerfile => Ok(containerfile(self.base_image.as_deref())),
-            OutputFormat::NodeConfig | OutputFormat::Initrd => unreachable!("rendered above"),
+            OutputFormat::NodeConfig | OutputFormat::Initrd | OutputFormat::OverlayInitrd => {
+                unreachable!("rendered above")
+            }
             OutputFormat::Prestage | OutputFormat::AcmPolicy => unreachable!("rendered above"),
             OutputFormat::DisruptionPolicy => {
                 let on_change = self.on_change.expect("checked above");

@@ -6,6 +6,10 @@
 //! out-of-tree driver is in place before any initramfs network configuration, and after
 //! switch-root the real root's loader finds it loaded (same srcversion: nothing to do).
 //! The content is [`crate::initramfs_content`]'s, as in the dracut module.
+//!
+//! `--output overlay-initrd` is the same content with everything under `/etc`
+//! ([`Layout::EtcOverlay`]), for ostree's `--overlay-initrd` (the mechanism under
+//! `rpm-ostree initramfs-etc`), which carries `/etc` files only.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -15,10 +19,9 @@ use flate2::{write::GzEncoder, Compression};
 
 use crate::bundle::NodeEntry;
 use crate::cpio::CpioWriter;
-use crate::initramfs_content::{
-    is_modprobe_file, LOADER_PATH, MODPROBE_DIRS, UNIT_PATH, UNIT_TARGET,
-};
-use crate::{config_path, units, Bundle, Day1Config, Error};
+use crate::initramfs_content::{is_modprobe_file, Layout, MODPROBE_DIRS, UNIT_TARGET};
+use crate::{config_path, Bundle, Day1Config, Error};
+use kmod_day1_contract::STORE_DIR;
 
 /// What goes into the initrd, besides the bundle.
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub struct InitrdInputs<'a> {
     pub modprobe_d: &'a Path,
     /// The mtime of every entry (`SOURCE_DATE_EPOCH`, else 0).
     pub mtime: u32,
+    /// Where the archive puts its items.
+    pub layout: Layout,
 }
 
 /// The initrd and what it holds.
@@ -64,9 +69,10 @@ pub fn initrd(inputs: &InitrdInputs) -> Result<Initrd, Error> {
             inputs.loader.display()
         )));
     }
+    let layout = inputs.layout;
     let mut entries = vec![
         NodeEntry::File {
-            path: LOADER_PATH.into(),
+            path: layout.loader_path(),
             mode: 0o755,
             data: loader,
         },
@@ -76,12 +82,15 @@ pub fn initrd(inputs: &InitrdInputs) -> Result<Initrd, Error> {
             data: inputs.config.node.to_json().into_bytes(),
         },
         NodeEntry::File {
-            path: UNIT_PATH.into(),
+            path: layout.unit_path().into(),
             mode: 0o644,
-            data: units::LOAD_UNIT.as_bytes().to_vec(),
+            data: layout.unit_text().into_bytes(),
         },
     ];
-    let (unit_dir, unit_name) = UNIT_PATH.rsplit_once('/').expect("an absolute path");
+    let (unit_dir, unit_name) = layout
+        .unit_path()
+        .rsplit_once('/')
+        .expect("an absolute path");
     entries.push(NodeEntry::Symlink {
         path: format!("{unit_dir}/{UNIT_TARGET}.wants/{unit_name}"),
         target: format!("../{unit_name}"),
@@ -94,7 +103,14 @@ pub fn initrd(inputs: &InitrdInputs) -> Result<Initrd, Error> {
             data: data.clone(),
         });
     }
-    entries.extend(inputs.bundle.entries().iter().cloned());
+    let store = layout.store_dir();
+    entries.extend(
+        inputs
+            .bundle
+            .entries()
+            .iter()
+            .map(|e| in_store_dir(e, &store)),
+    );
     let cpio = archive(&entries, inputs.mtime)
         .map_err(|e| Error::io("writing the initrd's cpio archive", e))?;
     let mut gz = GzEncoder::new(Vec::new(), Compression::best());
@@ -107,6 +123,29 @@ pub fn initrd(inputs: &InitrdInputs) -> Result<Initrd, Error> {
         cpio_bytes: cpio.len(),
         modprobe_files: modprobe_files.into_iter().map(|(n, _)| n).collect(),
     })
+}
+
+/// `e`, a store entry at [`STORE_DIR`], moved to `store` (links in the store are relative).
+fn in_store_dir(e: &NodeEntry, store: &str) -> NodeEntry {
+    let moved = |p: &str| match p.strip_prefix(STORE_DIR) {
+        Some(rest) => format!("{store}{rest}"),
+        None => p.to_owned(),
+    };
+    match e {
+        NodeEntry::Dir { path, mode } => NodeEntry::Dir {
+            path: moved(path),
+            mode: *mode,
+        },
+        NodeEntry::File { path, mode, data } => NodeEntry::File {
+            path: moved(path),
+            mode: *mode,
+            data: data.clone(),
+        },
+        NodeEntry::Symlink { path, target } => NodeEntry::Symlink {
+            path: moved(path),
+            target: target.clone(),
+        },
+    }
 }
 
 /// The `*.conf` and `*.alias` files of `dir` (not dot files), sorted; none when `dir` does
@@ -209,7 +248,32 @@ mod tests {
 
     #[test]
     fn the_unit_runs_the_loader_where_the_initrd_puts_it() {
-        assert!(units::LOAD_UNIT.contains(&format!("\nExecStart={LOADER_PATH}\n")));
-        assert!(units::LOAD_UNIT.contains(&format!("\nWantedBy={UNIT_TARGET}\n")));
+        let l = Layout::RealRoot;
+        assert!(l
+            .unit_text()
+            .contains(&format!("\nExecStart={}\n", l.loader_path())));
+        for l in [Layout::RealRoot, Layout::EtcOverlay] {
+            assert!(l
+                .unit_text()
+                .contains(&format!("\nWantedBy={UNIT_TARGET}\n")));
+        }
+    }
+
+    #[test]
+    fn the_overlay_moves_store_entries_only() {
+        let f = NodeEntry::File {
+            path: format!("{STORE_DIR}/refs/a/b/k/x.json"),
+            mode: 0o644,
+            data: vec![],
+        };
+        assert_eq!(
+            in_store_dir(&f, "/etc/kmod-day1/initrd/store").path(),
+            "/etc/kmod-day1/initrd/store/refs/a/b/k/x.json"
+        );
+        let l = NodeEntry::Symlink {
+            path: "/etc/x".into(),
+            target: "y".into(),
+        };
+        assert_eq!(in_store_dir(&l, "/s"), l);
     }
 }

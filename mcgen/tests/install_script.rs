@@ -57,7 +57,12 @@ impl Node {
             )
             .env("KMOD_DAY1_BIN_DIR", self.path("usr-local-bin"))
             .env("KMOD_DAY1_STORE", self.path("store"))
-            .env("KMOD_DAY1_AUTHFILE", self.path("kubelet-config.json"));
+            .env("KMOD_DAY1_AUTHFILE", self.path("kubelet-config.json"))
+            .env(
+                "KMOD_DAY1_INSTALLED_MARKER",
+                self.path("run/node-binaries-installed"),
+            )
+            .env("KMOD_DAY1_RETRY_DELAY", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -141,12 +146,18 @@ fn installs_once_then_skips_then_repairs() {
         assert!(calls.contains(&format!("{common} image unmount {image}")));
         assert!(calls.contains(&format!("{common} rmi --all --force")));
 
-        // Installed from that digest: nothing to do, podman not called.
+        // Installed during this boot: the marker on /run says so (the pull's reboot).
+        let marker = node.path("run/node-binaries-installed");
+        assert!(marker.exists(), "{shell:?}: no {}", marker.display());
+        std::fs::remove_file(&marker).unwrap();
+
+        // Installed from that digest: nothing to do, podman not called, no marker.
         std::fs::remove_file(node.path("podman.log")).unwrap();
         let out = node.install(&shell, &image, &[]);
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("are installed"));
         assert!(node.podman_calls().is_empty());
+        assert!(!marker.exists());
 
         // A binary that is not what the record says (changed, or a racing install of another
         // digest) is installed again.
@@ -222,14 +233,29 @@ fn failures_are_one_journal_line_and_change_nothing() {
         .lines()
         .filter(|l| l.contains("kmod-day1-install"))
         .collect();
+    // Tried 5 times (a route may come after network-online.target), one warning per retry,
+    // then one error line.
+    let mut want: Vec<String> = (1..5)
+        .map(|t| {
+            format!(
+                "<4>kmod-day1-install: pulling {image} failed (try {t} of 5); trying again in 0 s"
+            )
+        })
+        .collect();
+    want.push(format!(
+        "<3>kmod-day1-install: podman could not pull the node image {image} (5 tries); the node binaries are unchanged"
+    ));
+    assert_eq!(ours, want);
     assert_eq!(
-        ours,
-        [format!(
-            "<3>kmod-day1-install: podman could not pull the node image {image}; the node binaries are unchanged"
-        )]
+        node.podman_calls()
+            .iter()
+            .filter(|c| c.contains(" pull "))
+            .count(),
+        5
     );
     assert!(!node.path("usr-local-bin").exists());
     assert!(!node.path("store/node-binaries.json").exists());
+    assert!(!node.path("run/node-binaries-installed").exists());
 
     // An image without the binaries.
     std::fs::remove_file(node.path("podman-fails")).unwrap();

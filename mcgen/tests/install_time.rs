@@ -191,6 +191,11 @@ fn node_config_is_the_config_file_the_node_gets() {
 
 /// Writes the initrd for `kernels` into `dir`; returns its path.
 fn initrd(dir: &Path, kernels: &[&str]) -> std::path::PathBuf {
+    initrd_as(dir, kernels, "initrd")
+}
+
+/// Writes the `output` (`initrd` or `overlay-initrd`) for `kernels` into `dir`.
+fn initrd_as(dir: &Path, kernels: &[&str], output: &str) -> std::path::PathBuf {
     let loader = dir.join("kmod-day1-load");
     std::fs::write(&loader, b"\x7fELF fake static loader").unwrap();
     let modprobe = dir.join("modprobe.d");
@@ -208,7 +213,7 @@ fn initrd(dir: &Path, kernels: &[&str]) -> std::path::PathBuf {
         "-f",
         "examples/e1000.yaml",
         "-o",
-        "initrd",
+        output,
         "--bundle",
         BUNDLE,
     ]
@@ -382,4 +387,65 @@ fn the_initrd_follows_the_dracut_modules_manifest() {
     }
     // Both kernels of the store by default.
     assert!(list.contains(&tree_of(K_RHCOS)) && list.contains(&tree_of(K_DEBIAN)));
+}
+
+/// The overlay initrd: the same items, everything under /etc (ostree's overlay initrd carries
+/// nothing else), the unit pointing the loader at the overlay's store.
+#[test]
+fn the_overlay_initrd_has_the_same_content_all_under_etc() {
+    let d = tempfile::tempdir().unwrap();
+    let img = initrd_as(d.path(), &[K_RHCOS], "overlay-initrd");
+    let cpio = gunzip(&img);
+    let out = run_with_stdin(Command::new("cpio").args(["-t", "--quiet"]), &cpio);
+    let list = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        list.lines().all(|l| l == "etc" || l.starts_with("etc/")),
+        "{list}"
+    );
+    let tree = tree_of(K_RHCOS);
+    for w in [
+        "etc/kmod-day1/initrd/kmod-day1-load".to_owned(),
+        "etc/kmod-day1/config.d/99-worker-kmod-e1000.json".into(),
+        "etc/modprobe.d/e1000.conf".into(),
+        "etc/systemd/system/kmod-day1-load-initrd.service".into(),
+        "etc/systemd/system/sysinit.target.wants/kmod-day1-load-initrd.service".into(),
+        format!("etc/kmod-day1/initrd/store/trees/{tree}/modules/extra/e1000.ko"),
+        format!("etc/kmod-day1/initrd/store/refs/99-worker-kmod-e1000/e1000/{K_RHCOS}"),
+    ] {
+        assert!(list.lines().any(|l| l == w), "{w} missing from {list}");
+    }
+    // The same items as the appended initrd, moved: the same number of entries.
+    let plain_dir = d.path().join("plain");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let plain = initrd(&plain_dir, &[K_RHCOS]);
+    let plain = run_with_stdin(
+        Command::new("cpio").args(["-t", "--quiet"]),
+        &gunzip(&plain),
+    );
+    let files = |l: &str| {
+        l.lines()
+            .filter(|x| x.contains("trees/") || x.contains("refs/"))
+            .count()
+    };
+    assert_eq!(
+        files(&list),
+        files(&String::from_utf8(plain.stdout).unwrap())
+    );
+    let dest = d.path().join("unpacked");
+    std::fs::create_dir_all(&dest).unwrap();
+    run_with_stdin(
+        Command::new("cpio")
+            .args(["-idm", "--quiet", "--no-absolute-filenames"])
+            .current_dir(&dest),
+        &cpio,
+    );
+    let unit = std::fs::read_to_string(
+        dest.join("etc/systemd/system/sysinit.target.wants/kmod-day1-load-initrd.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("\nExecStart=/etc/kmod-day1/initrd/kmod-day1-load --store /etc/kmod-day1/initrd/store\n")
+            && unit.contains("\nConditionPathExists=/etc/initrd-release\n"),
+        "{unit}"
+    );
 }

@@ -23,8 +23,10 @@ here=$(dirname "$0")
 
 case ${1:-} in
 prestage)
+    # The marker stays in the pod: a prestage must never make the host's pull reboot.
     KMOD_DAY1_FROM=${KMOD_DAY1_FROM:-/usr/bin} KMOD_DAY1_BIN_DIR=$host/usr/local/bin \
-        KMOD_DAY1_STORE=$host/var/lib/kmod-day1 sh "$here/kmod-day1-install.sh" "$2"
+        KMOD_DAY1_STORE=$host/var/lib/kmod-day1 KMOD_DAY1_INSTALLED_MARKER=/tmp/kmod-day1-installed \
+        sh "$here/kmod-day1-install.sh" "$2"
     dir=$host/var/lib/kmod-day1/prestaged
     mkdir -p "$dir"
     for f in "$here"/*.json; do

@@ -14,6 +14,8 @@ store=${KMOD_DAY1_STORE:-/var/lib/kmod-day1}
 from=${KMOD_DAY1_FROM:-}
 authfile=${KMOD_DAY1_AUTHFILE:-/var/lib/kubelet/config.json}
 record=$store/node-binaries.json
+# On /run: "installed during this boot", after the loader's turn (kmod-day1-pull reboots once).
+marker=${KMOD_DAY1_INSTALLED_MARKER:-/run/kmod-day1/node-binaries-installed}
 names="kmod-day1-load kmod-day1-pull"
 podman=
 tmp=
@@ -61,7 +63,17 @@ if [ -z "$from" ]; then
     podman="podman --root $store/podman-storage --runroot /run/kmod-day1/podman-run"
     auth=
     [ ! -f "$authfile" ] || auth="--authfile $authfile"
-    $podman pull --quiet $auth "$image" >/dev/null || fail "podman could not pull the node image $image"
+    # network-online.target does not promise a route (NetworkManager may call startup done
+    # before the NIC is up): retry, 5 tries over about 75 s, as the kubelet backs off.
+    delay=${KMOD_DAY1_RETRY_DELAY:-5}
+    tries=1
+    until $podman pull --quiet $auth "$image" >/dev/null; do
+        [ $tries -lt 5 ] || fail "podman could not pull the node image $image (5 tries)"
+        echo "<4>kmod-day1-install: pulling $image failed (try $tries of 5); trying again in $delay s" >&2
+        sleep $delay
+        tries=$((tries + 1))
+        delay=$((delay * 2))
+    done
     from=$($podman image mount "$image")/usr/bin || fail "podman could not mount the node image $image"
 fi
 for n in $names; do
@@ -88,6 +100,7 @@ tmp="$record.tmp.$$"
 { printf '%s\n' "$new" >"$tmp" && sync "$tmp" "$bin" && mv -f "$tmp" "$record" && sync "$store"; } ||
     fail "could not write $record"
 tmp=
+mkdir -p "${marker%/*}" && : >"$marker" || echo "kmod-day1-install: could not create $marker; kmod-day1-pull will not reboot for this install" >&2
 if [ -n "$podman" ]; then
     # The image is not needed once its binaries are in place.
     $podman image unmount "$image" >/dev/null 2>&1 || :
