@@ -100,6 +100,26 @@ fn field(v: &str, name: &str) -> Option<f64> {
         .and_then(|x| x.parse().ok())
 }
 
+/// Seconds kmod-day1-pull-shutdown.service took to stop (systemd's "Stopping" to its
+/// "Stopped" line) in a journal printed with `-o short-monotonic`: what the stop step added
+/// to that shutdown at most (other units stop beside it).
+pub fn stop_step_secs(journal: &str) -> Option<f64> {
+    const UNIT: &str = "kmod-day1-pull-shutdown.service";
+    let stamp = |l: &str| -> Option<f64> {
+        let inner = l.trim_start().strip_prefix('[')?.split(']').next()?;
+        inner.trim().parse().ok()
+    };
+    let mut lines = journal.lines();
+    let start = lines
+        .by_ref()
+        .find(|l| l.contains(&format!("Stopping {UNIT}")))
+        .and_then(stamp)?;
+    let end = lines
+        .find(|l| l.contains(&format!("Stopped {UNIT}")))
+        .and_then(stamp)?;
+    Some(end - start)
+}
+
 /// The boot that ran the bench script, if any.
 pub fn bench_boot(boots: &[Boot]) -> Option<&Boot> {
     boots
@@ -248,5 +268,20 @@ mod tests {
             .unwrap()
             .success();
         assert!(ok);
+    }
+
+    #[test]
+    fn the_stop_step_is_timed_from_stopping_to_stopped() {
+        let journal = "\
+[   37.603606] kd1-node systemd[1]: Starting kmod-day1-pull-shutdown.service - Fetch...
+[   64.269662] kd1-node systemd[1]: Stopping kmod-day1-pull-shutdown.service - Fetch...
+[   65.103664] kd1-node kmod-day1-pull[536]:  INFO the system is shutting down
+[   66.028469] kd1-node systemd[1]: Stopped kmod-day1-pull-shutdown.service - Fetch...
+[   66.359922] kd1-node systemd[1]: Stopping ostree-finalize-staged.service - OSTree...
+";
+        let secs = stop_step_secs(journal).unwrap();
+        assert!((secs - 1.758807).abs() < 1e-6, "{secs}");
+        assert_eq!(stop_step_secs(&journal[..200]), None);
+        assert_eq!(stop_step_secs(""), None);
     }
 }

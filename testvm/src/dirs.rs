@@ -53,6 +53,29 @@ impl Dirs {
     }
 }
 
+/// Disk one node holds while it runs (its 3 GiB sparse disk fills to 1.2-1.6 GB), and what
+/// a run holds besides (each lane's registry and pushed images, the ostree nodes' work).
+const NODE_BYTES: u64 = 1_700_000_000;
+const RUN_BYTES: u64 = 1_500_000_000;
+
+/// Fails, naming the directory and both figures, when `dir`'s filesystem has less room than
+/// `lanes` nodes at a time need: better one clear line up front than a disk filling midway
+/// through (CI's run of 2026-12-03 ran out after 25 minutes).
+pub fn check_free_space(dir: &Path, lanes: usize) -> Result<()> {
+    let need = RUN_BYTES + NODE_BYTES * lanes as u64;
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    anyhow::ensure!(
+        free >= need,
+        "{} has {:.1} GB free and {lanes} lane(s) of VMs need about {:.1} GB: free some space, or run fewer lanes (KMOD_DAY1_VM_LANES=1)",
+        dir.display(),
+        free as f64 / 1e9,
+        need as f64 / 1e9
+    );
+    Ok(())
+}
+
 /// Writes `text` to `path`, creating parent directories. An existing file is unlinked
 /// first, never rewritten in place: VM roots are hard-link copies of the cached image.
 pub fn write_file(path: &Path, text: impl AsRef<[u8]>) -> Result<()> {
@@ -91,6 +114,20 @@ pub fn recipe_key(parts: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_little_room_is_one_line_naming_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        check_free_space(d.path(), 0).unwrap();
+        let e = check_free_space(d.path(), 1_000_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{} has ", d.path().display())),
+            "{e}"
+        );
+        assert!(e.contains("KMOD_DAY1_VM_LANES=1"), "{e}");
+    }
 
     #[test]
     fn keys_change_with_the_recipe() {

@@ -145,6 +145,7 @@ fn install_inner(root: &Path, o: &Overlay) -> Result<()> {
             "kmod-day1-load.service",
             "kmod-day1-pull.service",
             "kmod-day1-pull-shutdown.service",
+            "kmod-day1-install.service",
         ] {
             write_file(
                 &sd.join(format!("{unit}.d/90-testvm-console.conf")),

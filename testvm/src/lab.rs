@@ -18,6 +18,7 @@ use crate::kmod_image::{self, ImageSpec, PushedImage};
 use crate::modules_build::{self, BuiltModules, FIRMWARE};
 use crate::node_bins::Tools;
 use crate::node_config::{ignition_for, NodeConfigFile};
+use crate::node_image;
 use crate::qemu::Machine;
 use crate::registry::Registry;
 use crate::vm_image::{self, VmFiles, VmImage};
@@ -42,6 +43,10 @@ pub struct Lab {
     pub images: BTreeMap<String, PushedImage>,
     /// Seconds spent in setup, by step.
     pub setup_secs: Vec<(String, f64)>,
+    /// The lane's suffix of work directory names (`-1`, or empty alone).
+    lane: String,
+    /// The node image's digest once pushed ([`Lab::node_image`]).
+    node_image_digest: Option<String>,
 }
 
 /// How to prepare a node.
@@ -63,9 +68,25 @@ pub struct NodeOptions {
     pub kernel_update: Option<String>,
 }
 
-impl Lab {
-    /// Builds or reuses everything, starts the registry and pushes the images.
-    pub fn setup(dirs: Dirs) -> Result<Self> {
+/// What every lane's [`Lab`] shares: the cached VM image and modules, the project's
+/// binaries. Built once, before lanes start, so no two threads build a cache entry.
+#[derive(Clone)]
+pub struct Shared {
+    /// Directories.
+    pub dirs: Dirs,
+    /// The VM image.
+    pub img: VmImage,
+    /// Test modules per kernel.
+    pub modules: BuiltModules,
+    /// The project's binaries.
+    pub tools: Tools,
+    /// Seconds spent, by step.
+    pub setup_secs: Vec<(String, f64)>,
+}
+
+impl Shared {
+    /// Builds or reuses the VM image, the modules and the project's binaries.
+    pub fn prepare(dirs: Dirs) -> Result<Self> {
         let mut setup_secs = vec![];
         let mut t = Instant::now();
         let mut lap = |name: &str, t: &mut Instant| {
@@ -81,25 +102,42 @@ impl Lab {
         lap("modules", &mut t);
         let tools = Tools::build(&dirs.repo)?;
         lap("project binaries", &mut t);
-        let reg_dir = dirs.fresh_work_dir("registry")?;
-        let registry = Registry::start(&reg_dir)?;
-        let mut lab = Self {
+        Ok(Self {
             dirs,
             img,
             modules,
             tools,
+            setup_secs,
+        })
+    }
+}
+
+impl Lab {
+    /// A lab of its own for one lane: a registry (`registry<lane>` in the work directory)
+    /// with every image pushed. Lanes run side by side; each node's registry log is then its
+    /// lane's alone, so the blob counts the scenarios take from it stay exact.
+    pub fn start(shared: &Shared, lane: &str) -> Result<Self> {
+        let t = Instant::now();
+        let reg_dir = shared.dirs.fresh_work_dir(&format!("registry{lane}"))?;
+        let registry = Registry::start(&reg_dir)?;
+        let mut lab = Self {
+            dirs: shared.dirs.clone(),
+            img: shared.img.clone(),
+            modules: shared.modules.clone(),
+            tools: shared.tools.clone(),
             registry,
             images: BTreeMap::new(),
             setup_secs: vec![],
+            lane: lane.to_owned(),
+            node_image_digest: None,
         };
-        lab.push_images()?;
-        lap("kmod images", &mut t);
-        lab.setup_secs = setup_secs;
+        lab.push_images(&format!("images{lane}"))?;
+        lab.setup_secs = vec![(format!("kmod images{lane}"), t.elapsed().as_secs_f64())];
         Ok(lab)
     }
 
-    fn push_images(&mut self) -> Result<()> {
-        let work = self.dirs.fresh_work_dir("images")?;
+    fn push_images(&mut self, work_dir: &str) -> Result<()> {
+        let work = self.dirs.fresh_work_dir(work_dir)?;
         let padding = work.join("padding.bin");
         run(Command::new("head")
             .args(["-c", &format!("{}M", PADDING_MIB), "/dev/urandom"])
@@ -143,6 +181,29 @@ impl Lab {
             self.images.insert(p.name.clone(), p);
         }
         Ok(())
+    }
+
+    /// `10.0.2.2:PORT/kd1/node@sha256:…`: the node image as the node pulls it, pinned by
+    /// digest; made and pushed to this lane's registry the first time it is asked for.
+    pub fn node_image(&mut self) -> Result<String> {
+        let digest = match &self.node_image_digest {
+            Some(d) => d.clone(),
+            None => {
+                let t = Instant::now();
+                let work = self
+                    .dirs
+                    .fresh_work_dir(&format!("node-image{}", self.lane))?;
+                let d = node_image::build_and_push(&self.tools, &work, &self.registry.host_addr())?;
+                info!(
+                    "node image {}@{d} pushed in {:.0} s",
+                    node_image::REPO,
+                    t.elapsed().as_secs_f64()
+                );
+                self.node_image_digest = Some(d.clone());
+                d
+            }
+        };
+        Ok(format!("{}@{digest}", self.image_ref(node_image::REPO)))
     }
 
     /// `10.0.2.2:PORT/<repo>`: an image reference as the node sees it (no tag: the node

@@ -7,10 +7,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tracing::error;
 
-use kmod_day1_testvm::{dirs::Dirs, lab::Lab, modules_build, ostree_image, scenarios, vm_image};
+use kmod_day1_testvm::{dirs::Dirs, modules_build, ostree_image, scenarios, vm_image};
 
 /// End-to-end tests of kmod-day1 in a QEMU VM (TCG), with a real registry and the real
 /// Ignition. Runs as root. Cache: /var/cache/kmod-day1-testvm or $KMOD_DAY1_VM_CACHE.
+/// Nodes run in 2 lanes side by side, each with its own registry ($KMOD_DAY1_VM_LANES=1:
+/// one node at a time); `bench` boots alone.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -32,7 +34,8 @@ enum Cmd {
     /// broken-module, journal-priorities, modprobe-config, no-in-tree-driver-initrd,
     /// no-in-tree-driver-bundle, registry-down, nic-not-bound, power-cut, policy-reject,
     /// sig-enforced, ostree-first-apply, ostree-cached-boot, ostree-staged-upgrade,
-    /// ostree-rollback); scenarios of one node share its boots.
+    /// ostree-rollback, ostree-upgrade-no-image, overlay-initrd, initramfs-stage); scenarios of one node share its
+    /// boots.
     Scenario {
         /// Scenario names.
         #[arg(required = true)]
@@ -87,13 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench => (vec![], true),
     };
     let report_path = dirs.work.join("report.txt");
-    let mut lab = Lab::setup(dirs)?;
-    let setup: Vec<String> = lab
+    let outcome = scenarios::run(dirs, &names, with_bench)?;
+    let setup: Vec<String> = outcome
         .setup_secs
         .iter()
         .map(|(k, s)| format!("{k} {s:.0} s"))
         .collect();
-    let outcome = scenarios::run(&mut lab, &names, with_bench)?;
     let mut text = String::new();
     for r in &outcome.reports {
         text.push_str(&r.render());

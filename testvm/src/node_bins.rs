@@ -26,6 +26,11 @@ pub struct Tools {
     pub node_bins: PathBuf,
     /// The `mcgen` executable.
     pub mcgen: PathBuf,
+    /// `kmod-day1-node-image` (mcgen's package): writes the node image as an OCI layout.
+    pub node_image: PathBuf,
+    /// The MCD stand-in the guest runs (`mcd_standin`), built for this machine: the guest
+    /// is the same Debian release, so its glibc is the same.
+    pub kd1_mcd: PathBuf,
 }
 
 impl Tools {
@@ -36,7 +41,17 @@ impl Tools {
             .context("the static node binaries kmod-day1-load and kmod-day1-pull are needed for the VM tests")?;
         let mcgen = build_mcgen(repo)
             .context("mcgen is needed for the VM tests: it writes every node's Ignition config")?;
-        Ok(Self { node_bins, mcgen })
+        let node_image = repo.join("target/release/kmod-day1-node-image");
+        is_real_binary(&node_image)?;
+        let kd1_mcd = build_kd1_mcd(repo).context(
+            "kd1-mcd is needed for the VM tests: it applies MachineConfigs in the guest",
+        )?;
+        Ok(Self {
+            node_bins,
+            mcgen,
+            node_image,
+            kd1_mcd,
+        })
     }
 }
 
@@ -84,6 +99,23 @@ fn build_mcgen(repo: &Path) -> Result<PathBuf> {
 }
 
 /// A placeholder `fn main() {}` prints nothing for `--help`.
+fn build_kd1_mcd(repo: &Path) -> Result<PathBuf> {
+    if !no_build() {
+        run(cargo().current_dir(repo).args([
+            "build",
+            "--release",
+            "-p",
+            "kmod-day1-testvm",
+            "--bin",
+            "kd1-mcd",
+        ]))
+        .context("building kd1-mcd")?;
+    }
+    let p = repo.join("target/release/kd1-mcd");
+    is_real_binary(&p)?;
+    Ok(p)
+}
+
 fn is_real_binary(p: &Path) -> Result<()> {
     let out = Command::new(p)
         .arg("--help")

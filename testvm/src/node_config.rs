@@ -64,6 +64,29 @@ pub fn ignition_for(cfg: &NodeConfigFile, tools: &Tools, work: &Path) -> Result<
     .with_context(|| format!("generating the Ignition config of {} with mcgen", cfg.name))
 }
 
+/// What a user generates for a pool from `cfg`: `mcgen --output OUTPUT --node-image
+/// REF@DIGEST EXTRA` (`machineconfig`, with the image delivery; `prestage`;
+/// `disruption-policy` with `--on-change …`).
+pub fn pool_output_for(
+    cfg: &NodeConfigFile,
+    tools: &Tools,
+    work: &Path,
+    output: &str,
+    extra: &[&str],
+    node_image: &str,
+) -> Result<String> {
+    let spec = work.join(format!("{}.spec.yaml", cfg.name));
+    write_file(&spec, cfg.to_spec())?;
+    stdout(
+        Command::new(&tools.mcgen)
+            .arg("--spec")
+            .arg(&spec)
+            .args(["--output", output, "--node-image", node_image])
+            .args(extra),
+    )
+    .with_context(|| format!("generating the {output} output of {} with mcgen", cfg.name))
+}
+
 /// A module set for `image` (tagged with the kernel release on the node).
 pub fn module_set(name: &str, image: &str, modules: &[(&str, &[&str])], in_tree: &[&str]) -> Value {
     let mods: Vec<Value> = modules

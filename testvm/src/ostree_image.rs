@@ -33,12 +33,13 @@ pub const BASE_REF: &str = "debian/base";
 /// The ref of the newer kernel's commit (staged by the update unit, as MCO does).
 pub const UPGRADE_REF: &str = "debian/upgrade";
 
-/// What the tools root adds to the VM image's root.
-const TOOLS_PACKAGES: &str = "dracut ostree ostree-boot";
+/// What the tools root adds to the VM image's root. podman: RHCOS ships it, and the install
+/// unit of `mcgen --delivery image` runs the node's own.
+const TOOLS_PACKAGES: &str = "dracut ostree ostree-boot podman";
 
 /// The initramfs of each kernel: the small systemd initrd with ostree-prepare-root that
 /// boots the virtio disk (no NIC driver: the real root's udev and kmod-day1 decide that).
-const DRACUT_ARGS: &str = "-q --force --no-hostonly --reproducible \
+pub(crate) const DRACUT_ARGS: &str = "-q --force --no-hostonly --reproducible \
 -m 'systemd systemd-initrd dracut-systemd ostree base fs-lib rootfs-block udev-rules kernel-modules' \
 --drivers 'virtio_blk virtio_pci ext4 crc32c_generic'";
 
@@ -114,6 +115,11 @@ mark pull_binary "$(readlink -f /usr/local/bin/kmod-day1-pull)"
 ostree admin status 2>&1 | text admin_status
 journalctl -b -1 -o short-monotonic --no-pager -u kmod-day1-pull-shutdown.service \
     -u ostree-finalize-staged.service 2>&1 | tail -n 150 | text prev_shutdown
+# This boot's loader runs (the initramfs's too: its journal is flushed into the real root's)
+# and the moment of switch-root, on one clock.
+journalctl -b -o short-monotonic --no-pager -u kmod-day1-load.service \
+    -u kmod-day1-load-initrd.service 2>&1 | tail -n 80 | text load_journal
+journalctl -b -o short-monotonic --no-pager _PID=1 2>&1 | grep -m 1 'Switching root' | text switch_root
 "#;
 
 /// The update unit's script; its markers say what the node had at each moment.
@@ -128,7 +134,12 @@ mark() {{ printf 'KD1-MARK stage.%s=%s\n' "$1" "$2" > /dev/kmsg; }}
 entries() {{ grep -h '^linux' /boot/loader/entries/*.conf 2>/dev/null | tr '\n' ' '; }}
 mark entries_before "$(entries)"
 t0=$(date +%s%N)
-ostree admin deploy --stage --os={OS} {UPGRADE_REF}
+# kd1.stage_os_update=REF stages REF (a derived OS image); the word alone, the newer kernel's.
+ref={UPGRADE_REF}
+for w in $(cat /proc/cmdline); do
+    case $w in kd1.stage_os_update=*) ref=${{w#kd1.stage_os_update=}} ;; esac
+done
+ostree admin deploy --stage --os={OS} "$ref"
 mark deploy_ms "$(( ($(date +%s%N) - t0) / 1000000 ))"
 mark staged_file "$(test -e /run/ostree/staged-deployment && echo present || echo absent)"
 mark deployments "$(ls /ostree/deploy/{OS}/deploy | grep -v '\.origin$' | tr '\n' ' ')"
@@ -139,6 +150,40 @@ mark reboot 1
 systemctl --no-block reboot
 "#
     )
+}
+
+/// What a variant of the ostree node changes (`scenarios/ostree_initramfs.rs`); the default
+/// is the plain node.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    /// Directories under `usr/lib/modules/<kver>/` removed from every commit's tree (then
+    /// `depmod`): a kernel without those in-tree drivers. Its initramfs, built without a NIC
+    /// driver, has none either.
+    pub remove_modules: Vec<String>,
+    /// Ignition configs (name, JSON) applied after those of the node's configs.
+    pub ignition: Vec<(String, String)>,
+    /// Test units (name, text) enabled for `multi-user.target`, and their scripts (path
+    /// under `/usr/local/libexec`, text).
+    pub units: Vec<(String, String)>,
+    /// Scripts of the test units.
+    pub scripts: Vec<(String, String)>,
+    /// Files copied into the stateroot's `/var` (path there, source on this machine).
+    pub var_files: Vec<(String, PathBuf)>,
+    /// A derived OS image committed beside the others (not deployed: staged by a boot).
+    pub derived: Option<DerivedImage>,
+}
+
+/// A derived OS image of the base kernel (RHCOS image mode: a build FROM the node's image).
+#[derive(Debug, Clone)]
+pub struct DerivedImage {
+    /// Its ref in the node's repository.
+    pub ref_name: String,
+    /// Files and directories copied into the build root first (path there, source).
+    pub files: Vec<(String, PathBuf)>,
+    /// The build step (`sh -e`), run in a chroot of the build root before the ostree layout;
+    /// it must write the kernel's `usr/lib/modules/<kver>/initramfs.img` (removed before:
+    /// the build root shares its files with the cache).
+    pub script: String,
 }
 
 /// The cached tools root.
@@ -266,8 +311,15 @@ fn chroot(root: &Path, script: &str) -> Command {
 }
 
 /// Turns a hard-link copy of the tools root into the tree of one ostree commit carrying
-/// kernel `kver` (only unlinks and renames: the copy shares its files with the cache).
-fn make_tree(tools: &OstreeTools, tree: &Path, kver: &str) -> Result<()> {
+/// kernel `kver` (only unlinks and renames: the copy shares its files with the cache), with
+/// the variant's modules removed and, for a derived image, its build step.
+fn make_tree(
+    tools: &OstreeTools,
+    tree: &Path,
+    kver: &str,
+    v: &Variant,
+    build: Option<&DerivedImage>,
+) -> Result<()> {
     run(Command::new("cp").arg("-al").arg(&tools.root).arg(tree))?;
     let others: Vec<&str> = tools
         .kernels
@@ -276,8 +328,37 @@ fn make_tree(tools: &OstreeTools, tree: &Path, kver: &str) -> Result<()> {
         .map(String::as_str)
         .collect();
     run(&mut sh(&format!(
+        "cd '{}'\nfor k in {}; do rm -rf usr/lib/modules/$k; done",
+        tree.display(),
+        others.join(" ")
+    )))?;
+    if !v.remove_modules.is_empty() {
+        let modules = tree.join("usr/lib/modules").join(kver);
+        for m in &v.remove_modules {
+            let d = modules.join(m.trim_start_matches('/'));
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        // depmod writes each index to a temporary file and renames it: the cache's copies stay.
+        run(Command::new("depmod").arg("-b").arg(tree).arg(kver))?;
+    }
+    if let Some(b) = build {
+        let initramfs = tree.join(format!("usr/lib/modules/{kver}/initramfs.img"));
+        std::fs::remove_file(&initramfs)
+            .with_context(|| format!("removing {}", initramfs.display()))?;
+        for (to, from) in &b.files {
+            let to = tree.join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("a parent"))?;
+            run(Command::new("cp").arg("-a").arg(from).arg(&to))?;
+        }
+        let t = tree.to_owned();
+        in_private_mounts(move || {
+            chroot_mounts(&t)?;
+            run(&mut chroot(&t, &b.script))
+        })
+        .with_context(|| format!("building the derived image {}", b.ref_name))?;
+    }
+    run(&mut sh(&format!(
         "cd '{}'
-for k in {}; do rm -rf usr/lib/modules/$k; done
 mv boot/vmlinuz-{kver} usr/lib/modules/{kver}/vmlinuz
 test -s usr/lib/modules/{kver}/initramfs.img
 rm -rf boot/* vmlinuz vmlinuz.old initrd.img initrd.img.old
@@ -287,27 +368,66 @@ ln -s var/home home; ln -s var/roothome root; ln -s var/opt opt; ln -s var/srv s
 ln -s var/mnt mnt; ln -s run/media media; ln -s ../var/usrlocal usr/local
 mkdir sysroot; ln -s sysroot/ostree ostree",
         tree.display(),
-        others.join(" ")
     )))
     .with_context(|| format!("laying out the ostree tree of {kver}"))?;
+    // The kernel's symbol versions where RHEL's kernel-core puts them, so the upgrade
+    // preflight compares the modules' CRCs as it would on RHCOS (Debian's kernel package
+    // ships none; its headers package has the same table as Module.symvers).
+    let symvers = PathBuf::from(format!("/usr/src/linux-headers-{kver}/Module.symvers"));
+    let text = std::fs::read(&symvers).with_context(|| {
+        format!(
+            "reading {} (linux-headers-{kver}, installed with the test modules)",
+            symvers.display()
+        )
+    })?;
+    write_file(
+        &tree.join(format!("usr/lib/modules/{kver}/symvers.gz")),
+        gzip(&text).context("compressing the kernel's symvers")?,
+    )?;
     write_file(&tree.join("usr/lib/tmpfiles.d/kd1-ostree.conf"), TMPFILES)
+}
+
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::best());
+    e.write_all(data)?;
+    Ok(e.finish()?)
 }
 
 /// A fresh ostree node: commits of both kernels, the base one deployed, every config
 /// applied with the real Ignition, the test overlay, then the disk. The returned machine
 /// has no kernel chosen yet: [`crate::bls_boot`] reads it from the disk before each boot.
 pub fn node(lab: &Lab, name: &str, o: &NodeOptions) -> Result<Machine> {
-    node_inner(lab, name, o).with_context(|| format!("preparing the ostree node {name}"))
+    node_variant(lab, name, o, &Variant::default())
 }
 
-fn node_inner(lab: &Lab, name: &str, o: &NodeOptions) -> Result<Machine> {
+/// [`node`], changed as `v` says.
+pub fn node_variant(lab: &Lab, name: &str, o: &NodeOptions, v: &Variant) -> Result<Machine> {
+    node_inner(lab, name, o, v).with_context(|| format!("preparing the ostree node {name}"))
+}
+
+fn node_inner(lab: &Lab, name: &str, o: &NodeOptions, v: &Variant) -> Result<Machine> {
     let tools = ensure_tools(&lab.dirs, &lab.img)?;
     let started = Instant::now();
     let dir = lab.dirs.fresh_work_dir(name)?;
     let trees = dir.join("trees");
     std::fs::create_dir_all(&trees)?;
     for k in &tools.kernels {
-        make_tree(&tools, &trees.join(k), k)?;
+        make_tree(&tools, &trees.join(k), k, v, None)?;
+    }
+    let mut derived_commit = String::new();
+    if let Some(d) = &v.derived {
+        make_tree(
+            &tools,
+            &trees.join("derived"),
+            &tools.kernels[0],
+            v,
+            Some(d),
+        )?;
+        derived_commit = format!(
+            "\nostree --repo={CHROOT_WORK}/sysroot/ostree/repo commit -b {} --tree=dir={CHROOT_WORK}/trees/derived -s 'Derived from {}'",
+            d.ref_name, tools.kernels[0]
+        );
     }
     let sysroot = dir.join("sysroot");
     std::fs::create_dir_all(&sysroot)?;
@@ -321,7 +441,7 @@ fn node_inner(lab: &Lab, name: &str, o: &NodeOptions) -> Result<Machine> {
         "ostree admin init-fs {s}
 ostree --repo={s}/ostree/repo config set sysroot.bootloader none
 ostree --repo={s}/ostree/repo commit -b {BASE_REF} --tree=dir={CHROOT_WORK}/trees/{} -s 'Debian {0}'
-ostree --repo={s}/ostree/repo commit -b {UPGRADE_REF} --tree=dir={CHROOT_WORK}/trees/{} -s 'Debian {1}'
+ostree --repo={s}/ostree/repo commit -b {UPGRADE_REF} --tree=dir={CHROOT_WORK}/trees/{} -s 'Debian {1}'{derived_commit}
 ostree admin os-init --sysroot={s} {OS}
 ostree admin deploy --sysroot={s} --os={OS} {} {BASE_REF}",
         tools.kernels[0],
@@ -348,7 +468,7 @@ ostree admin deploy --sysroot={s} --os={OS} {} {BASE_REF}",
             .arg("--bind")
             .arg(stateroot.join("var"))
             .arg(deployment.join("var")))?;
-        install_into(lab, &dir, &deployment, o)?;
+        install_into(lab, &dir, &deployment, o, v)?;
         run(Command::new("umount").arg(deployment.join("var")))?;
         crate::vm_image::make_disk(&sysroot, &disk)
     })?;
@@ -380,13 +500,22 @@ fn single_deployment(deploy_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Ignition, the test overlay, the update unit and extra files, into the deployment.
-fn install_into(lab: &Lab, dir: &Path, root: &Path, o: &NodeOptions) -> Result<()> {
+fn install_into(lab: &Lab, dir: &Path, root: &Path, o: &NodeOptions, v: &Variant) -> Result<()> {
+    // `/usr/local` -> `../var/usrlocal`: RHCOS has the directory from its first boot (tmpfiles);
+    // Ignition's files usually create it here, a node without any config needs it made.
+    std::fs::create_dir_all(root.join("var/usrlocal"))?;
     for cfg in &o.configs {
         let ign_work = dir.join(format!("ignition-{}", cfg.name));
         std::fs::create_dir_all(&ign_work)?;
         let ign = ignition_for(cfg, &lab.tools, &ign_work)?;
         ignition_apply::apply(&ign, root, &ign_work)
             .with_context(|| format!("applying the Ignition config of {}", cfg.name))?;
+    }
+    for (name, ign) in &v.ignition {
+        let ign_work = dir.join(format!("ignition-{name}"));
+        std::fs::create_dir_all(&ign_work)?;
+        ignition_apply::apply(ign, root, &ign_work)
+            .with_context(|| format!("applying the Ignition config {name}"))?;
     }
     guest_overlay::install(
         root,
@@ -402,11 +531,24 @@ fn install_into(lab: &Lab, dir: &Path, root: &Path, o: &NodeOptions) -> Result<(
     let facts = root.join("usr/local/libexec/kd1-ostree-facts");
     write_file(&facts, FACTS_SCRIPT)?;
     run(Command::new("chmod").arg("755").arg(&facts))?;
+    for (name, text) in &v.scripts {
+        let p = root.join("usr/local/libexec").join(name);
+        write_file(&p, text)?;
+        run(Command::new("chmod").arg("755").arg(&p))?;
+    }
+    for (to, from) in &v.var_files {
+        let to = root.join("var").join(to.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("a parent"))?;
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+    }
     let sd = root.join("etc/systemd/system");
-    for (name, text) in [
+    let units = [
         ("kd1-ostree-stage.service", STAGE_UNIT),
         ("kd1-ostree-facts.service", FACTS_UNIT),
-    ] {
+    ]
+    .into_iter()
+    .chain(v.units.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+    for (name, text) in units {
         write_file(&sd.join(name), text)?;
         let link = sd.join("multi-user.target.wants").join(name);
         std::fs::create_dir_all(link.parent().expect("parent"))?;
@@ -424,7 +566,8 @@ fn install_into(lab: &Lab, dir: &Path, root: &Path, o: &NodeOptions) -> Result<(
         write_file(&root.join(path.trim_start_matches('/')), text)?;
     }
     // What a reader of the disk finds where: the binaries under the stateroot's /var.
-    if !root.join("var/usrlocal/bin/kmod-day1-pull").exists() && !o.configs.is_empty() {
+    let has_config = !o.configs.is_empty() || !v.ignition.is_empty();
+    if has_config && !root.join("var/usrlocal/bin/kmod-day1-pull").exists() {
         bail!("Ignition did not put kmod-day1-pull into the stateroot's /var/usrlocal/bin");
     }
     Ok(())
@@ -437,7 +580,8 @@ mod tests {
     #[test]
     fn the_update_stages_the_newer_commit_then_reboots() {
         let s = stage_script();
-        let stage = s.find("ostree admin deploy --stage --os=debian debian/upgrade");
+        let stage = s.find("ostree admin deploy --stage --os=debian \"$ref\"");
+        assert!(s.contains("ref=debian/upgrade\n"), "{s}");
         let reboot = s.find("systemctl --no-block reboot");
         assert!(
             matches!((stage, reboot), (Some(a), Some(b)) if a < b),

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,8 +17,25 @@ use crate::vm_image::VmKernel;
 /// Environment variable: per-boot timeout in seconds.
 pub const BOOT_TIMEOUT_ENV: &str = "KMOD_DAY1_VM_BOOT_TIMEOUT";
 
+/// Environment variable: `1` keeps each node's disk image after the node is done (by default
+/// it is removed then, so that a run holds one disk per lane: 13 nodes of 1.2-1.6 GB each
+/// filled CI's disk on 2026-12-03).
+pub const KEEP_DISKS_ENV: &str = "KMOD_DAY1_VM_KEEP_DISKS";
+
 /// Default per-boot timeout: a boot takes ~1 min under TCG; the machine is shared.
 const DEFAULT_BOOT_TIMEOUT: u64 = 480;
+
+/// vCPUs of every guest: 2 (TESTVM-NOTES' measured line) when one VM runs at a time, 1 when
+/// lanes run VMs side by side. Two 2-vCPU guests on 2 host cores preempt each other's
+/// vCPU threads while they hold guest spinlocks, and every boot ran 1.5-1.8x slower (CI run
+/// of 2026-12-03: multi node 332 s beside another VM, 182 s alone), eating what the second
+/// lane gained.
+static VCPUS: AtomicU32 = AtomicU32::new(2);
+
+/// Sets the vCPUs of the guests booted from now on (see [`VCPUS`]).
+pub fn set_vcpus(n: u32) {
+    VCPUS.store(n.max(1), Ordering::Relaxed);
+}
 
 /// Kernel command line of every boot (scenarios may add words).
 /// `printk.devkmsg=on`: the markers are many /dev/kmsg writes, which are rate-limited by
@@ -141,7 +159,12 @@ impl Machine {
             "-machine",
             "q35",
         ])
-        .args(["-smp", "2", "-m", "1024"])
+        .args([
+            "-smp",
+            &VCPUS.load(Ordering::Relaxed).to_string(),
+            "-m",
+            "1024",
+        ])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&self.kernel.vmlinuz)
@@ -251,6 +274,21 @@ impl Machine {
 
 /// Kills QEMU if the harness leaves a boot early (an error, a panic): no VM outlives it.
 struct QemuProcess(Child);
+
+/// A node's disk lives as long as its machine: the serial logs stay, the disk goes unless
+/// [`KEEP_DISKS_ENV`] is `1`.
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if std::env::var(KEEP_DISKS_ENV).is_ok_and(|v| v == "1") {
+            return;
+        }
+        match std::fs::remove_file(&self.disk) {
+            Ok(()) => info!("{}: disk removed ({KEEP_DISKS_ENV}=1 keeps it)", self.name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("{}: removing {}: {e}", self.name, self.disk.display()),
+        }
+    }
+}
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {

@@ -18,6 +18,7 @@
 use anyhow::Result;
 use kmod_day1_contract::SetState;
 
+use crate::bench;
 use crate::lab::{Lab, NodeOptions};
 use crate::node_config::{module_set, NodeConfigFile};
 use crate::qemu::{BootEnd, Machine};
@@ -346,6 +347,17 @@ pub fn kernel_upgrade(n: &E1000Node, upgrade_kernel: &str) -> Report {
         format!("{verdict:?}"),
         || f.file("status").unwrap_or_default(),
     );
+    if let Some(p) = f.status().and_then(|s| s.preflight) {
+        for s in p.sets {
+            if let Some(v) = s.symbol_versions {
+                // Debian ships no symvers with its kernels: said, not compared.
+                r.fact(
+                    &format!("{}/{} symbol versions", s.config, s.set),
+                    v.summary(),
+                );
+            }
+        }
+    }
     check_end(&mut r, b, BootEnd::PowerOff);
     check_oot_before_nm(&mut r, &f);
     let seg = n.registry.get(idx).map(String::as_str).unwrap_or_default();
@@ -387,4 +399,36 @@ pub fn baseline(n: &E1000Node) -> Report {
     );
     check_network(&mut r, &f);
     r
+}
+
+/// The timings of the bench's life of this node: boot milestones, with and without
+/// kmod-day1, reboots per first apply and per kernel upgrade.
+pub fn timings(n: &E1000Node) -> String {
+    let mut t = String::new();
+    let b = &n.machine.boots;
+    let fa = n.first_apply_boots;
+    t.push_str("boot milestones (seconds since kernel start, TCG):\n");
+    for (label, i) in [
+        ("first apply, in-tree boot", 0),
+        ("first apply, swap boot", 1),
+        ("cached boot", fa),
+        ("upgraded kernel, first boot", fa + 1),
+        ("kmod_day1.disable", fa + 2),
+    ] {
+        if let Some(boot) = b.get(i) {
+            t.push_str(&bench::milestones(label, boot));
+        }
+    }
+    if let (Some(with), Some(without)) = (b.get(fa), b.get(fa + 2)) {
+        t.push_str("with / without kmod-day1 (cached boot vs kmod_day1.disable, same node):\n");
+        t.push_str(&bench::ratio(with, without));
+    }
+    t.push_str(&format!(
+        "reboots: first apply {} (KMM: 2), kernel upgrade {} extra (KMM: 1)\n",
+        fa.saturating_sub(1),
+        b.get(fa + 1)
+            .map_or("?".into(), |x| usize::from(x.end == BootEnd::Reboot)
+                .to_string())
+    ));
+    t
 }

@@ -93,6 +93,12 @@ fn node(lab: &Lab, name: &str, d: Delivery, r: &mut Report) -> Result<Machine> {
         mcgen.arg("--bundle").arg(&store);
     }
     let ign = stdout(&mut mcgen).context("generating the Ignition config with mcgen")?;
+    if d.bundle && !d.initrd {
+        r.fact(
+            "carried by",
+            format!("an Ignition config of {} bytes with the bundle", ign.len()),
+        );
+    }
     ignition_apply::apply(&ign, &files.root, &ign_work)?;
     guest_overlay::install(
         &files.root,
@@ -170,9 +176,9 @@ fn node(lab: &Lab, name: &str, d: Delivery, r: &mut Report) -> Result<Machine> {
         bytes.extend(std::fs::read(&initrd)?);
         std::fs::write(&combined, &bytes)?;
         r.fact(
-            "initramfs",
+            "carried by",
             format!(
-                "dracut {dracut_len} bytes + kmod-day1 initrd {} bytes",
+                "an initrd of {} bytes (gzip cpio) appended to dracut's {dracut_len}",
                 bytes.len() - dracut_len
             ),
         );
@@ -227,7 +233,14 @@ pub fn run_initrd(lab: &mut Lab) -> Result<Report> {
         || f.excerpt("already loaded"),
     );
     check_network(&mut r, &f);
+    reboots_fact(&mut r, &m);
     Ok(r)
+}
+
+/// The reboots a node's boots cost (each one asked by the node, none by the harness).
+fn reboots_fact(r: &mut Report, m: &Machine) {
+    let n = m.boots.iter().filter(|b| b.end == BootEnd::Reboot).count();
+    r.fact("reboots added by kmod-day1", n.to_string());
 }
 
 /// Runs the scenario `no-in-tree-driver-bundle`: two nodes without an in-tree e1000, one
@@ -257,6 +270,7 @@ pub fn run_bundle(lab: &mut Lab) -> Result<Report> {
         ),
         || f.file("status").unwrap_or_default(),
     );
+    reboots_fact(&mut r, &m);
 
     let without = Delivery {
         bundle: false,
@@ -285,7 +299,13 @@ pub fn run_bundle(lab: &mut Lab) -> Result<Report> {
 /// `kmod-day1-pull --kernel-release` on this machine, as an admin prepares a bundle: the
 /// node's config, the registry of the config (`10.0.2.2:PORT`) remapped to where this
 /// machine reaches it.
-fn prepare_store(lab: &Lab, dir: &Path, store: &Path, config: &str, kver: &str) -> Result<()> {
+pub(crate) fn prepare_store(
+    lab: &Lab,
+    dir: &Path,
+    store: &Path,
+    config: &str,
+    kver: &str,
+) -> Result<()> {
     let work = dir.join("prepare");
     write_file(&work.join("config.d/99-kd1-e1000.json"), config)?;
     write_file(

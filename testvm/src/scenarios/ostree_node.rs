@@ -15,9 +15,11 @@
 use anyhow::Result;
 use kmod_day1_contract::SetState;
 
+use crate::bench;
 use crate::bls_boot::{self, BootEntry, Choice};
 use crate::lab::{Lab, NodeOptions};
-use crate::ostree_image;
+use crate::node_config::NodeConfigFile;
+use crate::ostree_image::{self, Variant};
 use crate::qemu::{BootEnd, Machine};
 use crate::registry::blob_downloads;
 use crate::scenarios::e1000_node::{self, boot_logged};
@@ -59,7 +61,44 @@ pub struct OstreeNode {
 }
 
 impl OstreeNode {
-    fn boot(&mut self, lab: &Lab, choice: Choice, extra: &str) -> Result<BootEnd> {
+    /// A fresh ostree node named `name` with `configs`, not booted yet.
+    pub fn new(lab: &Lab, name: &str, configs: Vec<NodeConfigFile>) -> Result<Self> {
+        Self::with_variant(lab, name, configs, &Variant::default())
+    }
+
+    /// [`OstreeNode::new`], changed as `v` says.
+    pub fn with_variant(
+        lab: &Lab,
+        name: &str,
+        configs: Vec<NodeConfigFile>,
+        v: &Variant,
+    ) -> Result<Self> {
+        let mut machine = ostree_image::node_variant(
+            lab,
+            name,
+            &NodeOptions {
+                configs,
+                ..NodeOptions::default()
+            },
+            v,
+        )?;
+        machine.default_timeout(BOOT_TIMEOUT_SECS);
+        Ok(Self {
+            machine,
+            registry: vec![],
+            first_apply_boots: 0,
+            entries: vec![],
+            picked: vec![],
+            base_layers: lab
+                .images
+                .get(&format!("kd1/e1000:{}", lab.img.base.release))
+                .map(|i| i.layers.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Boots the entry `choice` picks, with `extra` on the kernel command line.
+    pub fn boot(&mut self, lab: &Lab, choice: Choice, extra: &str) -> Result<BootEnd> {
         let m = &mut self.machine;
         let (e, all) = bls_boot::select(m, choice)?;
         self.entries.push(all);
@@ -75,34 +114,15 @@ impl OstreeNode {
         self.first_apply_boots
     }
 
-    fn segment(&self, i: usize) -> &str {
+    /// The registry log lines of boot `i`.
+    pub fn segment(&self, i: usize) -> &str {
         self.registry.get(i).map(String::as_str).unwrap_or_default()
     }
 }
 
 /// Runs the node up to `stage`.
 pub fn run(lab: &Lab, stage: Stage) -> Result<OstreeNode> {
-    let mut machine = ostree_image::node(
-        lab,
-        "ostree",
-        &NodeOptions {
-            configs: vec![e1000_node::config(lab)],
-            ..NodeOptions::default()
-        },
-    )?;
-    machine.default_timeout(BOOT_TIMEOUT_SECS);
-    let mut n = OstreeNode {
-        machine,
-        registry: vec![],
-        first_apply_boots: 0,
-        entries: vec![],
-        picked: vec![],
-        base_layers: lab
-            .images
-            .get(&format!("kd1/e1000:{}", lab.img.base.release))
-            .map(|i| i.layers.clone())
-            .unwrap_or_default(),
-    };
+    let mut n = OstreeNode::new(lab, "ostree", vec![e1000_node::config(lab)])?;
     for _ in 0..3 {
         if n.boot(lab, Choice::Default, "")? != BootEnd::Reboot {
             break;
@@ -129,7 +149,7 @@ pub fn run(lab: &Lab, stage: Stage) -> Result<OstreeNode> {
 
 /// The deployment booted: `ostree=` on the command line, `/usr` read-only, `/usr/local` in
 /// `/var`, the binaries Ignition wrote under the stateroot's `/var/usrlocal/bin`.
-fn check_ostree_boot(r: &mut Report, f: &BootFacts) {
+pub fn check_ostree_boot(r: &mut Report, f: &BootFacts) {
     let n = f.boot.number;
     let m = &f.boot.markers;
     let usr = m.get("ostree.usr_options").unwrap_or("?");
@@ -382,6 +402,29 @@ pub fn staged_upgrade(n: &OstreeNode, base: &str, upgrade: &str) -> Report {
         format!("{:?}", f.set_state("e1000")),
         || f.file("status").unwrap_or_default(),
     );
+    let status = f.status();
+    let symbols = status
+        .as_ref()
+        .and_then(|s| s.preflight.as_ref())
+        .and_then(|p| p.sets.iter().find(|s| s.set == "e1000"))
+        .and_then(|s| s.symbol_versions.clone());
+    r.check(
+        &format!(
+            "boot {}: the preflight made before it compared the module's symbol CRCs with the deployment's symvers.gz",
+            ub.number
+        ),
+        symbols.as_ref().is_some_and(|v| {
+            v.table.as_deref().is_some_and(|t| t.ends_with("symvers.gz"))
+                && v.checked > 0
+                && v.mismatches.is_empty()
+        }),
+        symbols
+            .as_ref()
+            .map_or("no symbolVersions in the status's preflight".into(), |v| {
+                v.summary()
+            }),
+        || f.file("status").unwrap_or_default(),
+    );
     let useg = n.segment(ui);
     r.check(
         &format!(
@@ -436,4 +479,37 @@ pub fn rollback(n: &OstreeNode, base: &str) -> Report {
         || f.file("status").unwrap_or_default(),
     );
     r
+}
+
+/// The bench's figures of this node: reboots for the staged OS update, and the time the
+/// pull's stop step took at each shutdown (from the next boot's journal of the previous one).
+pub fn timings(n: &OstreeNode) -> String {
+    let boots = &n.machine.boots;
+    let staging = n.cached_boot();
+    let mut t = String::new();
+    if let Some(ub) = boots.get(staging + 1) {
+        t.push_str(&format!(
+            "staged OS update (ostree node): {} extra reboots (KMM: 1)\n",
+            usize::from(ub.end == BootEnd::Reboot)
+        ));
+    }
+    let mut fetching = None;
+    let mut others = vec![];
+    for (i, b) in boots.iter().enumerate().skip(1) {
+        let prev = b.markers.file("ostree.prev_shutdown").unwrap_or_default();
+        if let Some(secs) = bench::stop_step_secs(&prev) {
+            if i == staging + 1 {
+                fetching = Some(secs);
+            } else {
+                others.push(secs);
+            }
+        }
+    }
+    let n_others = others.len();
+    t.push_str(&format!(
+        "pull stop step per shutdown (Stopping to Stopped, TCG): {} at the staged update's (fetched the new kernel's image); median {} over {n_others} others (nothing new to fetch)\n",
+        fetching.map_or("?".into(), |s| format!("{s:.2} s")),
+        bench::median(others).map_or("?".into(), |s| format!("{s:.2} s")),
+    ));
+    t
 }

@@ -60,6 +60,14 @@ impl Report {
         self.facts.push((key.to_owned(), value.into()));
     }
 
+    /// The value of fact `key`, if recorded.
+    pub fn fact_value(&self, key: &str) -> Option<&str> {
+        self.facts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether every check held and the scenario ran to the end.
     pub fn passed(&self) -> bool {
         self.error.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
