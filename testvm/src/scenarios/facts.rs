@@ -70,6 +70,27 @@ impl<'a> BootFacts<'a> {
         self.ipv4().starts_with("10.0.2.15/")
     }
 
+    /// Boot 1 of a first apply: the in-tree e1000 had the link up before the pull downloaded.
+    /// At the markers before the pull when it was bound by then; otherwise its link line in
+    /// the kernel log before the pull's download. Under TCG load udev may load the in-tree
+    /// driver only after `network-online.target` (NetworkManager-wait-online returns at
+    /// once when there is no device yet), and the pull's retries wait for the network.
+    pub fn in_tree_link_before_pull(&self) -> bool {
+        if self.oot_e1000() {
+            return false;
+        }
+        if self.network_up() {
+            return true;
+        }
+        let serial = &self.boot.serial;
+        let link = serial.find("e1000: eth0 NIC Link is Up");
+        let download = serial
+            .lines()
+            .find(|l| l.contains("kmod-day1-pull[") && l.contains(" downloading "))
+            .and_then(|l| serial.find(l));
+        matches!((link, download), (Some(l), Some(d)) if l < d)
+    }
+
     /// A unit's `systemctl show` property.
     pub fn unit_prop(&self, unit: &str, prop: &str) -> Option<String> {
         self.boot

@@ -209,10 +209,8 @@ pub fn first_apply(n: &OstreeNode) -> Report {
     check_end(&mut r, b1, BootEnd::Reboot);
     let f1 = BootFacts::prepull(b1);
     r.check(
-        "boot 1: in-tree e1000 and network up before the pull, on the deployment",
-        !f1.oot_e1000()
-            && f1.network_up()
-            && f1.get("cmdline").is_some_and(|c| c.contains("ostree=")),
+        "boot 1: in-tree e1000 and network up before the pull downloaded, on the deployment",
+        f1.in_tree_link_before_pull() && f1.get("cmdline").is_some_and(|c| c.contains("ostree=")),
         format!(
             "e1000 version {}, eth0 {}, cmdline {:?}",
             f1.e1000_version(),
