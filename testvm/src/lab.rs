@@ -153,6 +153,14 @@ impl Lab {
                 files,
             };
             specs.push(spec("kd1/e1000", vec![&m.e1000], vec![]));
+            // kmod-update's next versions: the same module, one file apart (other digests).
+            for v in ["v2", "v3"] {
+                specs.push(spec(
+                    &format!("kd1/e1000-{v}"),
+                    vec![&m.e1000],
+                    vec![("/build/kd1-version".to_owned(), v.as_bytes().to_vec())],
+                ));
+            }
             specs.push(spec(
                 "kd1/kd1",
                 vec![&m.kd1_dep, &m.kd1_main],

@@ -34,8 +34,9 @@ enum Cmd {
     /// broken-module, journal-priorities, modprobe-config, no-in-tree-driver-initrd,
     /// no-in-tree-driver-bundle, registry-down, nic-not-bound, power-cut, policy-reject,
     /// sig-enforced, ostree-first-apply, ostree-cached-boot, ostree-staged-upgrade,
-    /// ostree-rollback, ostree-upgrade-no-image, overlay-initrd, initramfs-stage); scenarios of one node share its
-    /// boots.
+    /// ostree-rollback, ostree-upgrade-no-image, overlay-initrd, initramfs-stage,
+    /// mco-rollout-prestaged, kmod-update, mco-rollout, node-image-missing); scenarios of one
+    /// node share its boots.
     Scenario {
         /// Scenario names.
         #[arg(required = true)]
@@ -127,4 +128,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn scenario_help_names_every_scenario() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("scenario")
+            .expect("a scenario subcommand")
+            .render_long_help()
+            .to_string()
+            .replace('\n', " ");
+        for name in kmod_day1_testvm::scenarios::NAMES {
+            let listed = help
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .any(|w| w == *name);
+            assert!(listed, "`testvm scenario --help` does not name {name}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 pub mod e1000_node;
 pub mod facts;
 pub mod journal_priorities;
+pub mod kmod_update;
 pub mod lanes;
 pub mod mco_rollout;
 pub mod modprobe_config;
@@ -59,6 +60,7 @@ pub const NAMES: &[&str] = &[
     "overlay-initrd",
     "initramfs-stage",
     "mco-rollout-prestaged",
+    "kmod-update",
     "mco-rollout",
     "node-image-missing",
 ];
@@ -253,23 +255,45 @@ fn nodes(wants: &Wants) -> Vec<Node<'_>> {
             bench: true,
             ..node(
                 "mco-prestaged",
-                &["mco-rollout-prestaged"],
-                334,
+                &["mco-rollout-prestaged", "kmod-update"],
+                520,
                 |lab, w| {
-                    let (n, _) = mco_rollout::prestaged_node(lab, &[])?;
-                    let r = mco_rollout::rollout_prestaged(&n);
+                    let update = w.has("kmod-update");
+                    let later = if update {
+                        kmod_update::later_states(lab)?
+                    } else {
+                        vec![]
+                    };
+                    let (mut n, ok) = mco_rollout::prestaged_node(lab, &later)?;
+                    let mut reports = vec![mco_rollout::rollout_prestaged(&n)];
+                    if update {
+                        if ok {
+                            kmod_update::boot(&mut n, lab)?;
+                        }
+                        reports.push(kmod_update::report(lab, &n));
+                    }
                     let mut bench = String::new();
                     if w.bench {
+                        let fact = |k| {
+                            reports
+                                .iter()
+                                .find_map(|r| r.fact_value(k))
+                                .unwrap_or("?")
+                                .to_owned()
+                        };
                         bench = format!(
                             "MachineConfigPool rollout, first apply with the prestage: {} reboots\n",
-                            r.fact_value("reboots for a first apply through MCO with a prestage")
-                                .unwrap_or("?")
+                            fact("reboots for a first apply through MCO with a prestage")
                         );
+                        if update {
+                            bench += &format!(
+                                "MachineConfigPool kmod update: {} reboots with --on-change reboot, {} with next-boot\n",
+                                fact("reboots per kmod update with --on-change reboot"),
+                                fact("reboots per kmod update with --on-change next-boot")
+                            );
+                        }
                     }
-                    Ok(Part {
-                        reports: vec![r],
-                        bench,
-                    })
+                    Ok(Part { reports, bench })
                 },
             )
         },
